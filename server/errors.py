@@ -1,0 +1,67 @@
+"""Typed errors below the transport; the transport maps each to a gRPC status.
+
+Each carries `reason`, the label metrics use for failures.
+"""
+
+from __future__ import annotations
+
+
+class KairosError(Exception):
+    """Base of every error the server answers a request with."""
+
+    reason = "internal"
+
+
+class InvalidInput(KairosError):
+    """The request is malformed or does not fit the model (INVALID_ARGUMENT)."""
+
+    reason = "invalid_argument"
+
+
+class ModelNotFound(KairosError):
+    """No such model or version in the repository (NOT_FOUND)."""
+
+    reason = "not_found"
+
+
+class ModelUnavailable(KairosError):
+    """The model exists but is not loaded or failed to load (UNAVAILABLE)."""
+
+    reason = "unavailable"
+
+
+class Refused(KairosError):
+    """Admission control refused the request: it cannot make its deadline or the
+    queue is full (RESOURCE_EXHAUSTED), so a client may retry elsewhere."""
+
+    reason = "refused_admission"
+
+
+class LimitExceeded(KairosError):
+    """A configured size limit was exceeded (RESOURCE_EXHAUSTED)."""
+
+    reason = "limit_exceeded"
+
+
+class DeadlineExceeded(KairosError):
+    """The request's deadline passed or became unreachable while queued (DEADLINE_EXCEEDED)."""
+
+    reason = "deadline_exceeded"
+
+
+class Cancelled(KairosError):
+    """The client cancelled the request (CANCELLED)."""
+
+    reason = "cancelled"
+
+
+class ShuttingDown(KairosError):
+    """The server is draining and accepts no new work (UNAVAILABLE)."""
+
+    reason = "unavailable"
+
+
+class InternalError(KairosError):
+    """The model failed while running this request (INTERNAL)."""
+
+    reason = "internal"

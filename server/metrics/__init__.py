@@ -1,0 +1,59 @@
+"""Metrics are fed by transport, scheduler and repository, and feed nothing.
+
+`MetricsSink` is the interface every layer calls; its methods do nothing, so a
+layer can be used (and tested) without metrics. `prometheus.PrometheusMetrics`
+is the real implementation exported on the metrics HTTP port.
+
+Outcome labels for `request_finished`: success, invalid_argument, not_found,
+unavailable, refused_admission, limit_exceeded, deadline_exceeded, cancelled, internal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MetricsSink:
+    """No-op metrics; subclasses export them. Every method must be cheap."""
+
+    def request_finished(
+        self,
+        model: str,
+        version: str,
+        outcome: str,
+        latency_s: float,
+        rows: int,
+        klass: str = "online",
+        met_deadline: bool | None = None,
+    ) -> None:
+        """A request was answered (successfully or not), end to end."""
+
+    def request_started(self, model: str, version: str) -> None:
+        """A request entered the server (in-flight gauge +1)."""
+
+    def request_ended(self, model: str, version: str) -> None:
+        """A request left the server (in-flight gauge -1)."""
+
+    def queue_depth(self, model: str, version: str, requests: int, rows: int) -> None:
+        """The scheduler's queue for this model now holds this much."""
+
+    def batch_executed(
+        self,
+        model: str,
+        version: str,
+        rows: int,
+        queue_times_s: Sequence[float],
+        compute_s: float,
+        predicted_s: float | None,
+    ) -> None:
+        """One model execution: its rows, each request's queue time, compute time,
+        and what the latency model predicted for it (None when it made no prediction)."""
+
+    def model_state(self, model: str, version: str, state: str) -> None:
+        """A model version changed state: READY, LOADING, UNAVAILABLE, UNLOADING, UNLOADED."""
+
+    def model_loaded(self, model: str, version: str, duration_s: float) -> None:
+        """A model version finished loading (warm-up and profiling included)."""
+
+
+NULL_METRICS = MetricsSink()

@@ -1,0 +1,178 @@
+"""A model's settings: `<repo>/<model>/config.yaml` (or `.toml`), all optional.
+
+```yaml
+max_batch_size: 64          # 0 = no batching; default 64 when the ONNX batch dim is dynamic
+slo_ms: 10                  # default latency objective for requests without a deadline
+providers: [CUDAExecutionProvider, CPUExecutionProvider]   # preference order
+intra_op_threads: 1
+inter_op_threads: 1
+graph_optimization: all     # disable | basic | extended | all
+allow_spinning: false       # onnxruntime intra-op thread spinning
+version_policy: {latest: 1} # or "all", or {specific: [1, 3]}
+warmup_runs: 3
+scheduling:
+  policy: slo               # slo | fixed | none
+  max_queue_delay_ms: 1     # fixed policy: longest wait for a preferred batch
+  preferred_batch_sizes: [8, 16]
+  max_queued_rows: 4096     # admission bound; beyond it RESOURCE_EXHAUSTED
+  executors: 1              # concurrent model executions
+  latency_quantile: 0.95    # which quantile of observed service time L(b) predicts
+  profile: true             # sweep batch sizes at load to learn L(b)
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_NAMES = ("config.yaml", "config.yml", "config.toml")
+GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+POLICIES = ("slo", "fixed", "none")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and field."""
+
+
+@dataclass
+class SchedulingSettings:
+    policy: str = "slo"
+    max_queue_delay_ms: float = 1.0
+    preferred_batch_sizes: list[int] = field(default_factory=list)
+    max_queued_rows: int = 4096
+    executors: int = 1
+    latency_quantile: float = 0.95
+    profile: bool = True
+
+
+@dataclass
+class VersionPolicy:
+    kind: str = "latest"  # latest | all | specific
+    latest: int = 1
+    specific: list[int] = field(default_factory=list)
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of those on disk (sorted ascending)."""
+        ordered = sorted(available)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in set(self.specific)]
+        return ordered[-self.latest :] if self.latest > 0 else []
+
+
+@dataclass
+class ModelSettings:
+    max_batch_size: int | None = None
+    slo_ms: float | None = None
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+    allow_spinning: bool = False
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    warmup_runs: int = 3
+    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+
+
+def _version_policy(value: Any, where: str) -> VersionPolicy:
+    if value in (None, "latest"):
+        return VersionPolicy()
+    if value == "all":
+        return VersionPolicy(kind="all")
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, arg),) = value.items()
+        if kind == "latest" and isinstance(arg, int) and arg >= 1:
+            return VersionPolicy(kind="latest", latest=arg)
+        if kind == "specific" and isinstance(arg, list) and all(isinstance(v, int) for v in arg):
+            return VersionPolicy(kind="specific", specific=list(arg))
+    raise ConfigError(
+        f"{where}: version_policy must be 'latest', 'all', {{latest: N}} or {{specific: [..]}}, "
+        f"not {value!r}"
+    )
+
+
+def _typed(cls: type, data: dict, where: str) -> dict:
+    """Check keys and value types of `data` against dataclass `cls`."""
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        if default is None or isinstance(default, type(field())):  # no simple default type
+            out[key] = value
+            continue
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: '{key}' must be {expected.__name__}, not {value!r}")
+        out[key] = value
+    return out
+
+
+def parse_settings(data: dict | None, where: str = "config") -> ModelSettings:
+    """ModelSettings from a parsed config mapping, with clear errors."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    policy = _version_policy(data.pop("version_policy", None), where)
+    scheduling_data = data.pop("scheduling", None) or {}
+    if not isinstance(scheduling_data, dict):
+        raise ConfigError(f"{where}: 'scheduling' must be a mapping")
+    scheduling = SchedulingSettings(**_typed(SchedulingSettings, scheduling_data, f"{where}: scheduling"))
+    values = _typed(ModelSettings, data, where)
+    settings = ModelSettings(**values, version_policy=policy, scheduling=scheduling)
+    _validate(settings, where)
+    return settings
+
+
+def _validate(settings: ModelSettings, where: str) -> None:
+    if settings.max_batch_size is not None and (
+        not isinstance(settings.max_batch_size, int) or settings.max_batch_size < 0
+    ):
+        raise ConfigError(f"{where}: max_batch_size must be an integer >= 0")
+    if settings.slo_ms is not None and (
+        not isinstance(settings.slo_ms, int | float) or settings.slo_ms <= 0
+    ):
+        raise ConfigError(f"{where}: slo_ms must be a positive number")
+    if not isinstance(settings.providers, list) or not all(isinstance(p, str) for p in settings.providers):
+        raise ConfigError(f"{where}: providers must be a list of onnxruntime provider names")
+    if settings.graph_optimization not in GRAPH_LEVELS:
+        raise ConfigError(f"{where}: graph_optimization must be one of {', '.join(GRAPH_LEVELS)}")
+    if settings.intra_op_threads < 0 or settings.inter_op_threads < 0:
+        raise ConfigError(f"{where}: thread counts must be >= 0")
+    sched = settings.scheduling
+    if sched.policy not in POLICIES:
+        raise ConfigError(f"{where}: scheduling.policy must be one of {', '.join(POLICIES)}")
+    if sched.executors < 1:
+        raise ConfigError(f"{where}: scheduling.executors must be >= 1")
+    if sched.max_queued_rows < 1:
+        raise ConfigError(f"{where}: scheduling.max_queued_rows must be >= 1")
+    if not 0.5 <= sched.latency_quantile < 1.0:
+        raise ConfigError(f"{where}: scheduling.latency_quantile must be in [0.5, 1)")
+
+
+def load_settings(model_dir: Path) -> ModelSettings:
+    """Settings from the model folder's config file, or defaults when it has none."""
+    for name in CONFIG_NAMES:
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".toml":
+                data = tomllib.loads(path.read_text())
+            else:
+                data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot parse: {exc}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return parse_settings(data, str(path))
+    return ModelSettings()
