@@ -55,5 +55,9 @@ class MetricsSink:
     def model_loaded(self, model: str, version: str, duration_s: float) -> None:
         """A model version finished loading (warm-up and profiling included)."""
 
+    def model_slo(self, model: str, version: str, slo_s: float | None) -> None:
+        """A model version's default latency objective in seconds (None: none), so
+        dashboards and alerts can compare the tail latency with it."""
+
 
 NULL_METRICS = MetricsSink()
