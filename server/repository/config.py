@@ -23,11 +23,11 @@ scheduling:
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.toml")

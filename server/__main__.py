@@ -1,0 +1,7 @@
+"""`python -m kairos.server`: the same as `kairos serve`."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())

@@ -1,0 +1,177 @@
+"""`kairos serve`: the server process (gRPC on 8001, metrics on 8002 by default).
+
+SIGTERM or SIGINT drains: readiness and health turn false at once, new requests
+are refused, requests already accepted finish within the grace period, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from kairos.protos import grpc_service_pb2 as pb
+from kairos.protos import grpc_service_pb2_grpc as pb_grpc
+
+from .metrics import NULL_METRICS, MetricsSink
+from .repository import ModelRepository
+from .statistics import FanoutMetrics, StatisticsRecorder
+from .transport.servicer import InferenceServicer, ServingOptions
+
+log = logging.getLogger("kairos.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `kairos serve` flags (also used by `python -m kairos.server`)."""
+    parser.add_argument("--model-repository", type=Path, default=None,
+                        help="model repository folder (default: the built-in demo models)")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free)")
+    parser.add_argument("--metrics-port", type=int, default=8002,
+                        help="Prometheus /metrics port (default 8002; 0 = any free; -1 = off)")
+    parser.add_argument("--port-file", type=Path, default=None,
+                        help="write the bound ports here as JSON once serving")
+    parser.add_argument("--max-message-mb", type=float, default=64.0,
+                        help="largest gRPC message accepted or sent, in MiB (default 64)")
+    parser.add_argument("--max-rows-per-request", type=int, default=100_000,
+                        help="largest batch dimension one request may carry (default 100000)")
+    parser.add_argument("--default-slo-ms", type=float, default=1000.0,
+                        help="deadline for requests that set none and whose model sets no slo_ms")
+    parser.add_argument("--grace-seconds", type=float, default=30.0,
+                        help="how long a shutdown waits for accepted requests (default 30)")
+    parser.add_argument("--disable-repository-control", action="store_true",
+                        help="refuse RepositoryModelLoad/Unload RPCs")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def _make_metrics() -> MetricsSink:
+    try:
+        from .metrics.prometheus import PrometheusMetrics
+    except ImportError:
+        return NULL_METRICS
+    return PrometheusMetrics()
+
+
+class KairosServer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ready = False
+        self.prometheus = _make_metrics()
+        self.statistics = StatisticsRecorder()
+        self.metrics = FanoutMetrics(self.prometheus, self.statistics)
+        self.repository = ModelRepository(self._repository_path(), metrics=self.metrics)
+        self.servicer = InferenceServicer(
+            self.repository,
+            self.metrics,
+            self.statistics,
+            ServingOptions(
+                default_slo_s=args.default_slo_ms / 1000,
+                max_rows_per_request=args.max_rows_per_request,
+                repository_control=not args.disable_repository_control,
+            ),
+            is_ready=lambda: self.ready,
+        )
+        self.health = health.aio.HealthServicer()
+        self.stopping = asyncio.Event()
+
+    def _repository_path(self) -> Path:
+        if self.args.model_repository is not None:
+            path = self.args.model_repository
+            if not path.is_dir():
+                raise SystemExit(f"kairos serve: model repository {path} is not a folder")
+            return path
+        from .demo_models import demo_repository
+
+        path = demo_repository()
+        log.info("no --model-repository given: serving the built-in demo models from %s", path)
+        return path
+
+    def _grpc_server(self) -> tuple[grpc.aio.Server, int]:
+        limit = int(self.args.max_message_mb * 1024 * 1024)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        port = server.add_insecure_port(f"{self.args.host}:{self.args.grpc_port}")
+        if port == 0:
+            raise SystemExit(f"kairos serve: cannot listen on {self.args.host}:{self.args.grpc_port}")
+        return server, port
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        metrics_port = self._start_metrics()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        server, grpc_port = self._grpc_server()
+        await server.start()
+        await self.repository.load_all()
+        self.ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._write_port_file(grpc_port, metrics_port)
+        log.info("Kairos serving on %s:%d (metrics on %s)", self.args.host, grpc_port, metrics_port)
+        await self.stopping.wait()
+        await self._drain(server)
+        return 0
+
+    async def _drain(self, server: grpc.aio.Server) -> None:
+        log.info("shutting down: refusing new requests, finishing accepted ones")
+        self.ready = False
+        await self.health.enter_graceful_shutdown()
+        await server.stop(self.args.grace_seconds)
+        await self.repository.close()
+        log.info("shut down cleanly")
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    def _start_metrics(self) -> int | None:
+        start = getattr(self.prometheus, "start_http_server", None)
+        if self.args.metrics_port < 0 or start is None:
+            return None
+        return start(self.args.metrics_port, self.args.host)
+
+    def _write_port_file(self, grpc_port: int, metrics_port: int | None) -> None:
+        if self.args.port_file is None:
+            return
+        temporary = self.args.port_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"grpc_port": grpc_port, "metrics_port": metrics_port}))
+        temporary.replace(self.args.port_file)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(KairosServer(args).run())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kairos serve", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""gRPC transport: the only layer that knows gRPC and protobuf."""

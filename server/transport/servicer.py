@@ -1,0 +1,387 @@
+"""The GRPCInferenceService implementation (grpc.aio).
+
+Turns each request into numpy arrays plus a deadline and priority, hands it to
+the model's dispatcher, and turns results or typed errors into responses and
+gRPC status codes. Errors are answered with `set_code` + an empty message rather
+than `abort` (which raises), because refusing must stay cheap under overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from kairos.protos import codec
+from kairos.protos import grpc_service_pb2 as pb
+from kairos.protos import grpc_service_pb2_grpc as pb_grpc
+
+from .. import __version__
+from ..errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InternalError,
+    InvalidInput,
+    KairosError,
+    LimitExceeded,
+    ModelNotFound,
+    ModelUnavailable,
+    Refused,
+    ShuttingDown,
+)
+from ..metrics import MetricsSink
+from ..repository import ModelRepository, ServedVersion
+from ..statistics import StatisticsRecorder
+from ..types import InferenceRequest
+from ..validation import validate_inputs, validate_outputs
+from . import describe
+
+log = logging.getLogger("kairos.transport")
+
+STATUS_OF: dict[type[KairosError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    ModelUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    Refused: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+    InternalError: grpc.StatusCode.INTERNAL,
+}
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "schedule_policy"]
+# Request parameters Kairos reads; others are accepted and ignored, as V2 servers do.
+BATCH_CLASS_PARAMETER = "kairos_class"
+STREAM_WINDOW = 1024  # requests in flight per stream before reading pauses
+
+
+def status_of(error: KairosError) -> grpc.StatusCode:
+    return STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
+
+
+class ServingOptions:
+    def __init__(
+        self,
+        *,
+        default_slo_s: float = 1.0,
+        max_rows_per_request: int = 100_000,
+        repository_control: bool = True,
+    ) -> None:
+        self.default_slo_s = default_slo_s
+        self.max_rows_per_request = max_rows_per_request
+        self.repository_control = repository_control
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: MetricsSink,
+        statistics: StatisticsRecorder,
+        options: ServingOptions,
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.statistics = statistics
+        self.options = options
+        self.is_ready = is_ready
+        self.accepting = True
+
+    # ---- health and metadata -----------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.is_ready())
+
+    async def ModelReady(self, request, context):
+        try:
+            self.repository.resolve(request.name, request.version)
+        except InvalidInput as exc:
+            return self._fail(context, exc, pb.ModelReadyResponse())
+        except KairosError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self.accepting)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="kairos", version=__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        try:
+            served = self.repository.resolve(request.name, request.version)
+        except KairosError as exc:
+            return self._fail(context, exc, pb.ModelMetadataResponse())
+        return describe.model_metadata(served, self.repository.versions(request.name))
+
+    async def ModelConfig(self, request, context):
+        try:
+            served = self.repository.resolve(request.name, request.version)
+        except KairosError as exc:
+            return self._fail(context, exc, pb.ModelConfigResponse())
+        return pb.ModelConfigResponse(config=describe.model_config(served))
+
+    async def ModelStatistics(self, request, context):
+        try:
+            versions = self._statistics_targets(request.name, request.version)
+        except KairosError as exc:
+            return self._fail(context, exc, pb.ModelStatisticsResponse())
+        return pb.ModelStatisticsResponse(model_stats=[self._model_stats(v) for v in versions])
+
+    def _statistics_targets(self, name: str, version: str) -> list[ServedVersion]:
+        if not name:
+            return self.repository.served_versions()
+        if version:
+            return [self.repository.resolve(name, version)]
+        self.repository.resolve(name)  # NOT_FOUND / UNAVAILABLE as for inference
+        return [v for v in self.repository.served_versions() if v.model == name]
+
+    def _model_stats(self, served: ServedVersion) -> pb.ModelStatistics:
+        snap = self.statistics.snapshot(served.model, served.version)
+
+        def duration(d) -> pb.StatisticDuration:
+            return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+        return pb.ModelStatistics(
+            name=served.model,
+            version=served.version,
+            last_inference=snap.last_inference_ms,
+            inference_count=snap.inference_count,
+            execution_count=snap.execution_count,
+            inference_stats=pb.InferStatistics(
+                success=duration(snap.success),
+                fail=duration(snap.fail),
+                queue=duration(snap.queue),
+                compute_infer=duration(snap.compute_infer),
+                compute_input=pb.StatisticDuration(count=snap.compute_infer.count),
+                compute_output=pb.StatisticDuration(count=snap.compute_infer.count),
+            ),
+            batch_stats=[
+                pb.InferBatchStatistics(
+                    batch_size=rows,
+                    compute_infer=duration(d),
+                    compute_input=pb.StatisticDuration(count=d.count),
+                    compute_output=pb.StatisticDuration(count=d.count),
+                )
+                for rows, d in sorted(snap.batches.items())
+            ],
+        )
+
+    # ---- repository ------------------------------------------------------------------
+
+    async def RepositoryIndex(self, request, context):
+        entries = self.repository.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=e.name, version=e.version, state=e.state, reason=e.reason
+                )
+                for e in entries
+            ]
+        )
+
+    async def RepositoryModelLoad(self, request, context):
+        if error := self._repository_control_refusal(request):
+            context.set_code(error[0])
+            context.set_details(error[1])
+            return pb.RepositoryModelLoadResponse()
+        try:
+            await self.repository.load(request.model_name)
+        except KairosError as exc:
+            return self._fail(context, exc, pb.RepositoryModelLoadResponse())
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        if error := self._repository_control_refusal(request):
+            context.set_code(error[0])
+            context.set_details(error[1])
+            return pb.RepositoryModelUnloadResponse()
+        try:
+            await self.repository.unload(request.model_name)
+        except KairosError as exc:
+            return self._fail(context, exc, pb.RepositoryModelUnloadResponse())
+        return pb.RepositoryModelUnloadResponse()
+
+    def _repository_control_refusal(self, request) -> tuple[grpc.StatusCode, str] | None:
+        if not self.options.repository_control:
+            return grpc.StatusCode.PERMISSION_DENIED, "repository load/unload is disabled on this server"
+        if request.repository_name:
+            return grpc.StatusCode.NOT_FOUND, (
+                f"unknown repository '{request.repository_name}'; this server has one (use '')"
+            )
+        if request.parameters:
+            name = sorted(request.parameters)[0]
+            return grpc.StatusCode.INVALID_ARGUMENT, f"repository parameter '{name}' is not supported"
+        return None
+
+    # ---- inference -------------------------------------------------------------------
+
+    async def ModelInfer(self, request, context):
+        arrival = time.monotonic()
+        remaining = context.time_remaining()
+        try:
+            return await self._infer(request, arrival, remaining)
+        except KairosError as exc:
+            return self._fail(context, exc, pb.ModelInferResponse())
+
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator:
+        """Requests are handled concurrently; each response carries its request's id.
+        The stream ends once the client half-closes and every response is sent."""
+        results: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        reader = asyncio.create_task(self._read_stream(request_iterator, results, window))
+        try:
+            while True:
+                item = await results.get()
+                if item is None:
+                    break
+                window.release()
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _read_stream(self, requests, results: asyncio.Queue, window) -> None:
+        tasks: set[asyncio.Task] = set()
+        try:
+            async for request in requests:
+                await window.acquire()
+                task = asyncio.create_task(self._stream_one(request, results))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await results.put(None)
+
+    async def _stream_one(self, request, results: asyncio.Queue) -> None:
+        arrival = time.monotonic()
+        try:
+            # A stream's gRPC deadline covers the whole stream, not each request.
+            response = await self._infer(request, arrival, None)
+            await results.put(pb.ModelStreamInferResponse(infer_response=response))
+        except KairosError as exc:
+            failed = pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
+            message = f"{status_of(exc).name}: {exc}"
+            await results.put(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+
+    async def _infer(self, request, arrival: float, remaining: float | None) -> pb.ModelInferResponse:
+        metrics = self.metrics
+        name = request.model_name
+        served: ServedVersion | None = None
+        rows, klass, outcome, deadline = 0, "online", "success", None
+        metrics.request_started(name, request.model_version)
+        try:
+            if not self.accepting:
+                raise ShuttingDown("server is shutting down")
+            served = self.repository.resolve(name, request.model_version)
+            inference = self._decode(request, served, arrival, remaining)
+            rows, klass, deadline = inference.rows, inference.klass, inference.deadline
+            result = await served.dispatcher.submit(inference)
+            response = pb.ModelInferResponse(
+                model_name=name, model_version=served.version, id=request.id
+            )
+            codec.fill_response_outputs(response, result)
+            return response
+        except KairosError as exc:
+            outcome = exc.reason
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug kill the server
+            log.exception("unexpected error serving %s", name)
+            outcome = "internal"
+            raise InternalError(f"internal error: {type(exc).__name__}: {exc}") from None
+        finally:
+            done = time.monotonic()
+            version = served.version if served else request.model_version
+            met = None if deadline is None or outcome not in ("success", "deadline_exceeded") else (
+                done <= deadline
+            )
+            metrics.request_finished(name, version, outcome, done - arrival, rows, klass, met)
+            metrics.request_ended(name, request.model_version)
+
+    def _decode(
+        self, request, served: ServedVersion, arrival: float, remaining: float | None
+    ) -> InferenceRequest:
+        try:
+            inputs = codec.decode_request_inputs(request)
+        except codec.TensorError as exc:
+            raise InvalidInput(str(exc)) from None
+        signature = served.signature
+        rows, shape_key = validate_inputs(signature, inputs, self.options.max_rows_per_request)
+        outputs = validate_outputs(signature, [o.name for o in request.outputs])
+        timeout_us, priority, klass = _read_parameters(request.parameters)
+        return InferenceRequest(
+            model=served.model,
+            version=served.version,
+            inputs=inputs,
+            outputs=outputs,
+            rows=rows,
+            deadline=self._deadline(served, arrival, remaining, timeout_us),
+            arrival=arrival,
+            priority=priority,
+            klass=klass,
+            request_id=request.id,
+            shape_key=shape_key,
+        )
+
+    def _deadline(
+        self, served: ServedVersion, arrival: float, remaining: float | None, timeout_us: int | None
+    ) -> float:
+        """The gRPC deadline, then the `timeout` parameter, then the model's SLO, then the
+        server default; when both a gRPC deadline and a timeout are given the earlier wins."""
+        limits = []
+        if remaining is not None:
+            limits.append(remaining)
+        if timeout_us is not None:
+            limits.append(timeout_us / 1e6)
+        if not limits:
+            slo_ms = served.settings.slo_ms
+            limits.append(slo_ms / 1000 if slo_ms else self.options.default_slo_s)
+        return arrival + min(limits)
+
+    def _fail(self, context, error: KairosError, empty):
+        context.set_code(status_of(error))
+        context.set_details(str(error))
+        return empty
+
+
+def _read_parameters(parameters) -> tuple[int | None, int, str]:
+    """(timeout µs, priority, class) from request parameters, type-checked."""
+    if not parameters:
+        return None, 0, "online"
+    timeout_us = None
+    priority = 0
+    klass = "online"
+    if "timeout" in parameters:
+        timeout_us = _int_parameter(parameters["timeout"], "timeout")
+        if timeout_us <= 0:
+            raise InvalidInput(f"parameter 'timeout' must be a positive number of microseconds, not {timeout_us}")
+    if "priority" in parameters:
+        priority = _int_parameter(parameters["priority"], "priority")
+        if priority < 0:
+            raise InvalidInput(f"parameter 'priority' must be >= 0, not {priority}")
+    if BATCH_CLASS_PARAMETER in parameters:
+        value = codec.parameter_value(parameters[BATCH_CLASS_PARAMETER])
+        if value not in ("online", "batch"):
+            raise InvalidInput(
+                f"parameter '{BATCH_CLASS_PARAMETER}' must be the string 'online' or 'batch', not {value!r}"
+            )
+        klass = value
+    return timeout_us, priority, klass
+
+
+def _int_parameter(parameter: pb.InferParameter, name: str) -> int:
+    choice = parameter.WhichOneof("parameter_choice")
+    if choice not in ("int64_param", "uint64_param"):
+        raise InvalidInput(f"parameter '{name}' must be an integer (int64_param), not {choice or 'unset'}")
+    return int(getattr(parameter, choice))
