@@ -1,0 +1,577 @@
+"""The scheduler's pure core: queue, dispatch policies and admission control.
+
+No asyncio, no clock of its own: every call takes `now`, so the same code runs
+under the asyncio dispatcher (real clock) and the discrete-event simulator
+(virtual clock). Hot paths are O(log n) heap operations per request.
+
+Queue. One *lane* per `shape_key` (requests merge only within a lane). A lane is
+a heap ordered by (class, priority, deadline, arrival order): online before
+batch-class work, then lower priority value, then earliest deadline first.
+Cancelled requests are marked and dropped lazily when they reach the top.
+
+Policies, evaluated whenever an executor is free:
+- `slo`: take requests in queue order while the batch, predicted by L(b), still
+  finishes before every included deadline. An idle server runs a lone request
+  at once (GEMV); while an execution runs the queue grows, so the next batch is
+  larger (GEMM). With several free executors, L(b) decides whether to cut the
+  queue into concurrent smaller batches.
+- `fixed`: as Triton's dynamic batcher: dispatch as soon as the largest
+  preferred batch size (or the max batch size) is queued, otherwise when the
+  oldest request has waited `max_queue_delay`.
+- `none`: one request per execution.
+
+Admission ("early refusal", on by default for `slo`): a request whose predicted
+finish (wait for an executor + serving the queued rows ahead and its own)
+is after its deadline is refused at once, as is one that would overflow
+`max_queued_rows`. A queued request that can no longer finish in time (under
+`slo`: now + L(its rows) > deadline; otherwise: deadline passed) expires
+without running.
+
+Batch-class requests run only when no online request is queued, and in pieces
+small enough that an online request arriving meanwhile still makes its deadline:
+a piece's L(b) is kept under half the tightest online budget seen. Requests
+larger than one piece (or than max_batch_size) are split; the dispatcher
+reassembles the parts in order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DeadlineExceeded, Refused
+from ..types import InferenceRequest
+from .latency import LatencyModel
+
+POLICIES = ("slo", "fixed", "none")
+
+# Ticket states.
+QUEUED, RUNNING, DONE, CANCELLED, EXPIRED, FAILED = range(6)
+STATE_NAMES = ("queued", "running", "done", "cancelled", "expired", "failed")
+# Class ranks: heap order puts online work first.
+ONLINE, BATCH = 0, 1
+
+_INF = math.inf
+
+
+class Ticket:
+    """One admitted request as the queue tracks it."""
+
+    __slots__ = (
+        "request",
+        "rows",
+        "deadline",
+        "arrival",
+        "rank",
+        "entry",
+        "state",
+        "taken",
+        "done",
+        "splittable",
+        "lane",
+        "waiter",
+        "parts",
+        "admitted",
+    )
+
+    def __init__(self, request: InferenceRequest, rows: int, rank: int, seq: int, now: float):
+        self.request = request
+        self.rows = rows
+        self.deadline = request.deadline
+        self.arrival = request.arrival
+        self.rank = rank
+        self.entry = (rank, request.priority, request.deadline, seq, self)
+        self.state = QUEUED
+        self.taken = 0  # rows handed to batches
+        self.done = 0  # rows whose batch finished
+        self.splittable = rank == BATCH
+        self.lane: _Lane | None = None
+        self.waiter: Any = None  # the dispatcher's future
+        self.parts: list | None = None  # (start, outputs) of a split request
+        self.admitted = now
+
+    def __repr__(self) -> str:
+        rid = self.request.request_id
+        return f"Ticket({rid!r}, rows={self.rows}, {STATE_NAMES[self.state]})"
+
+
+class Batch:
+    """One execution: slices (ticket, start row, stop row) of queued requests."""
+
+    __slots__ = ("key", "items", "rows", "predicted", "start", "online", "concurrent")
+
+    def __init__(self, key: Hashable, items: list, rows: int, predicted: float, start: float):
+        self.key = key
+        self.items = items
+        self.rows = rows
+        self.predicted = predicted
+        self.start = start
+        self.online = True
+        self.concurrent = False
+
+    @property
+    def tickets(self) -> list[Ticket]:
+        return [item[0] for item in self.items]
+
+    def __repr__(self) -> str:
+        return f"Batch(rows={self.rows}, requests={len(self.items)}, predicted={self.predicted:.6f})"
+
+
+class _Lane:
+    __slots__ = ("key", "heap", "rows", "online_rows", "live")
+
+    def __init__(self, key: Hashable):
+        self.key = key
+        self.heap: list[tuple] = []
+        self.rows = 0
+        self.online_rows = 0
+        self.live = 0
+
+
+@dataclass
+class CoreCounts:
+    admitted: int = 0
+    refused_deadline: int = 0
+    refused_queue_full: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    completed: int = 0
+    failed: int = 0
+    batches: int = 0
+    rows: int = 0
+    # dispatches by rows in the execution: the GEMV/GEMM split
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+class SchedulerCore:
+    """Queue + policy + admission for one model version. Not thread-safe: one owner."""
+
+    def __init__(
+        self,
+        *,
+        latency: LatencyModel,
+        max_batch_size: int,
+        policy: str = "slo",
+        executors: int = 1,
+        max_queued_rows: int = 4096,
+        max_queue_delay_s: float = 0.001,
+        preferred_batch_sizes: Iterable[int] = (),
+        early_refusal: bool | None = None,
+    ):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown scheduling policy {policy!r} (known: {', '.join(POLICIES)})")
+        self.latency = latency
+        self.policy = policy
+        self.batching = max_batch_size > 0
+        # Rows per execution; a model that does not batch runs one request each.
+        self.cap = max_batch_size if max_batch_size > 0 else 1
+        self.executors = max(1, executors)
+        self.max_queued_rows = max_queued_rows
+        self.max_queue_delay_s = max_queue_delay_s
+        prefs = sorted({p for p in preferred_batch_sizes if 0 < p <= self.cap})
+        self.target_rows = prefs[-1] if prefs else self.cap
+        self.predictive = policy == "slo" if early_refusal is None else early_refusal
+        self.lanes: dict[Hashable, _Lane] = {}
+        self.queued_rows = 0
+        self.queued_online_rows = 0
+        self.queued_requests = 0
+        self.free = self.executors
+        self.running: list[Batch] = []
+        self.expired: list[Ticket] = []  # drained by the owner after next_batch
+        self.wakeup: float | None = None  # fixed policy: when to look again
+        self.online_budget = _INF  # tightest relative deadline of an online request seen
+        self.counts = CoreCounts()
+        self._seq = 0
+
+    # -- admission --------------------------------------------------------
+
+    def admit(self, request: InferenceRequest, now: float) -> Ticket:
+        """Queue a request or raise `Refused` / `DeadlineExceeded` at once."""
+        rows = request.rows if request.rows > 0 else 1
+        online = request.klass != "batch"
+        if self.queued_rows + rows > self.max_queued_rows:
+            self.counts.refused_queue_full += 1
+            raise Refused(
+                f"queue full: {self.queued_rows} rows queued, limit {self.max_queued_rows}"
+            )
+        deadline = request.deadline
+        if online and deadline - now < self.online_budget:
+            self.online_budget = deadline - now
+        if self.predictive:
+            finish = now + self._executor_wait(now) + self._serve_time(
+                (self.queued_online_rows if online else self.queued_rows) + rows
+            )
+            if finish > deadline:
+                self.counts.refused_deadline += 1
+                raise Refused(
+                    f"cannot meet deadline: predicted finish in {(finish - now) * 1e3:.3f} ms, "
+                    f"deadline in {(deadline - now) * 1e3:.3f} ms"
+                )
+        elif deadline <= now:
+            self.counts.expired += 1
+            raise DeadlineExceeded("deadline passed before the request was queued")
+        self._seq += 1
+        ticket = Ticket(request, rows, ONLINE if online else BATCH, self._seq, now)
+        if rows > self.cap:
+            ticket.splittable = True
+        lane = self.lanes.get(request.shape_key)
+        if lane is None:
+            lane = self._new_lane(request.shape_key)
+        ticket.lane = lane
+        heapq.heappush(lane.heap, ticket.entry)
+        lane.rows += rows
+        lane.live += 1
+        if online:
+            lane.online_rows += rows
+            self.queued_online_rows += rows
+        self.queued_rows += rows
+        self.queued_requests += 1
+        self.counts.admitted += 1
+        return ticket
+
+    def _new_lane(self, key: Hashable) -> _Lane:
+        if len(self.lanes) >= 64:  # forget idle lanes of shapes no longer sent
+            for old in [k for k, lane in self.lanes.items() if lane.live == 0]:
+                del self.lanes[old]
+        lane = self.lanes[key] = _Lane(key)
+        return lane
+
+    def _executor_wait(self, now: float) -> float:
+        if self.free > 0:
+            return 0.0
+        soonest = min(b.start + b.predicted for b in self.running)
+        return soonest - now if soonest > now else 0.0
+
+    def _serve_time(self, rows: int) -> float:
+        """Predicted time to serve `rows` rows queued on the executors."""
+        latency = self.latency
+        total = latency.drain_time(rows) if self.batching else rows * latency.predict(1)
+        if self.executors > 1 and rows > 1:
+            single = latency.predict(min(rows, self.cap))
+            total = max(single, total * latency.concurrency_factor / self.executors)
+        return total
+
+    def predicted_finish(self, rows: int, now: float, online: bool = True) -> float:
+        """When a new request of `rows` rows would finish if admitted now."""
+        ahead = self.queued_online_rows if online else self.queued_rows
+        return now + self._executor_wait(now) + self._serve_time(ahead + rows)
+
+    # -- cancellation -----------------------------------------------------
+
+    def cancel(self, ticket: Ticket) -> bool:
+        """The client gave up: drop what of it is still queued. True if it was pending."""
+        if ticket.state not in (QUEUED, RUNNING):
+            return False
+        pending = ticket.state == QUEUED or ticket.taken < ticket.rows
+        if pending:
+            self._unqueue(ticket)
+        ticket.state = CANCELLED
+        self.counts.cancelled += 1
+        return pending
+
+    def _unqueue(self, ticket: Ticket) -> None:
+        """Remove the untaken rows of a ticket from the counters (heap entry goes lazily)."""
+        lane = ticket.lane
+        remaining = ticket.rows - ticket.taken
+        lane.rows -= remaining
+        lane.live -= 1
+        self.queued_rows -= remaining
+        self.queued_requests -= 1
+        if ticket.rank == ONLINE:
+            lane.online_rows -= remaining
+            self.queued_online_rows -= remaining
+
+    def drain_queue(self) -> list[Ticket]:
+        """Remove every queued request (shutdown without drain); returns them."""
+        out = []
+        for lane in self.lanes.values():
+            for entry in lane.heap:
+                ticket = entry[4]
+                if ticket.state == QUEUED or (ticket.state == RUNNING and ticket.taken < ticket.rows):
+                    self._unqueue(ticket)
+                    ticket.state = CANCELLED
+                    out.append(ticket)
+            lane.heap.clear()
+        return out
+
+    # -- dispatch ---------------------------------------------------------
+
+    def next_batch(self, now: float) -> Batch | None:
+        """The batch to run on a free executor now, or None (nothing or not yet).
+
+        Requests found expired on the way are appended to `self.expired`.
+        """
+        self.wakeup = None
+        if self.free <= 0 or self.queued_requests <= 0:
+            return None
+        lane = self._pick_lane(now)
+        if lane is None:
+            return None
+        if self.policy == "slo":
+            items, rows = self._take_slo(lane, now)
+        elif self.policy == "fixed":
+            items, rows = self._take_fixed(lane, now)
+        else:
+            items, rows = self._take(lane, self.cap, 1)
+        if not items:
+            return None
+        return self._start(lane, items, rows, now)
+
+    def _start(self, lane: _Lane, items: list, rows: int, now: float) -> Batch:
+        batch = Batch(lane.key, items, rows, self.latency.predict(rows), now)
+        batch.online = items[0][0].rank == ONLINE
+        if self.running:
+            batch.concurrent = True
+            for other in self.running:
+                other.concurrent = True
+        self.running.append(batch)
+        self.free -= 1
+        counts = self.counts
+        counts.batches += 1
+        counts.rows += rows
+        sizes = counts.batch_sizes
+        sizes[rows] = sizes.get(rows, 0) + 1
+        return batch
+
+    def _pick_lane(self, now: float) -> _Lane | None:
+        """The lane whose head is most urgent, after dropping dead and expired heads."""
+        best = None
+        best_head = None
+        for lane in self.lanes.values():
+            if lane.live <= 0:
+                continue
+            head = self._clean_head(lane, now)
+            if head is not None and (best_head is None or head[:4] < best_head[:4]):
+                best, best_head = lane, head
+        return best
+
+    def _clean_head(self, lane: _Lane, now: float) -> tuple | None:
+        heap = lane.heap
+        table = self.latency.table_list
+        cap = self.cap
+        while heap:
+            entry = heap[0]
+            ticket = entry[4]
+            state = ticket.state
+            if state == QUEUED or (state == RUNNING and ticket.taken < ticket.rows):
+                remaining = ticket.rows - ticket.taken
+                need = table[remaining if remaining < cap else cap] if self.predictive else 0.0
+                if now + need <= entry[2]:
+                    return entry
+                self._expire(ticket)
+            heapq.heappop(heap)
+        return None
+
+    def _expire(self, ticket: Ticket) -> None:
+        self._unqueue(ticket)
+        ticket.state = EXPIRED
+        self.counts.expired += 1
+        self.expired.append(ticket)
+
+    def _take(self, lane: _Lane, max_rows: int, max_requests: int) -> tuple[list, int]:
+        """Take up to max_rows rows / max_requests requests in queue order, no deadline test."""
+        heap = lane.heap
+        items: list = []
+        rows = 0
+        rank = heap[0][0]
+        while heap and rows < max_rows and len(items) < max_requests:
+            entry = heap[0]
+            ticket = entry[4]
+            if not self._pending(ticket):
+                heapq.heappop(heap)
+                continue
+            if entry[0] != rank:
+                break
+            remaining = ticket.rows - ticket.taken
+            take = min(remaining, max_rows - rows)
+            if take < remaining and not ticket.splittable:
+                break
+            self._give(lane, ticket, items, take)
+            rows += take
+            if ticket.taken < ticket.rows:
+                break
+        return items, rows
+
+    @staticmethod
+    def _pending(ticket: Ticket) -> bool:
+        return ticket.state == QUEUED or (ticket.state == RUNNING and ticket.taken < ticket.rows)
+
+    def _give(self, lane: _Lane, ticket: Ticket, items: list, take: int) -> None:
+        """Move `take` rows of the ticket at the lane's head into the batch."""
+        start = ticket.taken
+        items.append((ticket, start, start + take))
+        ticket.taken = start + take
+        lane.rows -= take
+        self.queued_rows -= take
+        if ticket.rank == ONLINE:
+            lane.online_rows -= take
+            self.queued_online_rows -= take
+        if ticket.taken >= ticket.rows:
+            heapq.heappop(lane.heap)
+            lane.live -= 1
+            self.queued_requests -= 1
+        ticket.state = RUNNING
+
+    def _take_slo(self, lane: _Lane, now: float) -> tuple[list, int]:
+        heap = lane.heap
+        table = self.latency.table_list
+        cap = self._slo_cap(lane)
+        rank = heap[0][0]
+        budget = _INF  # latest allowed finish, minus now
+        if rank == BATCH:
+            if self.queued_online_rows > 0:
+                return [], 0
+            budget = self.online_budget / 2
+        items: list = []
+        rows = 0
+        while heap and rows < cap:
+            entry = heap[0]
+            ticket = entry[4]
+            if not self._pending(ticket):
+                heapq.heappop(heap)
+                continue
+            if entry[0] != rank:
+                break
+            slack = entry[2] - now
+            remaining = ticket.rows - ticket.taken
+            if items and self.predictive and table[min(remaining, cap)] > slack:
+                # could not make it even alone: expire instead of blocking the batch
+                self._expire(ticket)
+                heapq.heappop(heap)
+                continue
+            limit = slack if slack < budget else budget
+            take = min(remaining, cap - rows)
+            if take < remaining and not ticket.splittable:
+                break
+            if table[rows + take] > limit:
+                if ticket.splittable:
+                    fit = self._fit(table, rows, take, limit)
+                    # a lone piece runs even when over budget: work must progress
+                    take = fit if fit > 0 or items else 1
+                elif items:
+                    break
+                # else: a lone request that cannot fit runs anyway (admission is off)
+                if take <= 0:
+                    break
+            self._give(lane, ticket, items, take)
+            rows += take
+            if limit < budget:
+                budget = limit
+            if ticket.taken < ticket.rows:
+                break
+        return items, rows
+
+    @staticmethod
+    def _fit(table: list[float], rows: int, take: int, limit: float) -> int:
+        """Largest t <= take with table[rows + t] <= limit (table is non-decreasing)."""
+        low, high = 0, take
+        while low < high:
+            mid = (low + high + 1) // 2
+            if table[rows + mid] <= limit:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def _slo_cap(self, lane: _Lane) -> int:
+        """Rows for this execution: the max batch, or a share of the queue when L(b)
+        says concurrent smaller runs on the free executors finish sooner."""
+        cap = self.cap
+        free = self.free
+        if free < 2:
+            return cap
+        queued = min(lane.rows, cap * free)
+        latency = self.latency
+        factor = latency.concurrency_factor
+        best_time = latency.predict(min(queued, cap)) * max(1, math.ceil(queued / cap))
+        best_cap = cap
+        for parts in range(2, min(free, queued) + 1):
+            share = math.ceil(queued / parts)
+            if share > cap:
+                continue
+            t = latency.predict(share) * factor
+            if t < best_time:
+                best_time, best_cap = t, share
+        return best_cap
+
+    def _take_fixed(self, lane: _Lane, now: float) -> tuple[list, int]:
+        target = self.target_rows
+        if lane.rows >= target:
+            return self._take(lane, target, 1 << 30)
+        head = lane.heap[0][4]
+        due = head.arrival + self.max_queue_delay_s
+        if now >= due:
+            return self._take(lane, self.cap, 1 << 30)
+        self.wakeup = due
+        return [], 0
+
+    # -- completion -------------------------------------------------------
+
+    def finish(self, batch: Batch, now: float, compute_s: float) -> list[Ticket]:
+        """An execution finished: free its executor, learn from it, and return
+        the tickets now complete (every row done, not cancelled)."""
+        self._release(batch)
+        self.latency.observe(batch.rows, compute_s, concurrent=batch.concurrent)
+        complete = []
+        for ticket, start, stop in batch.items:
+            ticket.done += stop - start
+            if ticket.state == RUNNING and ticket.done >= ticket.rows:
+                ticket.state = DONE
+                self.counts.completed += 1
+                complete.append(ticket)
+        return complete
+
+    def fail(self, batch: Batch, now: float) -> list[Ticket]:
+        """An execution raised: its requests fail (queued parts of them too)."""
+        self._release(batch)
+        failed = []
+        for ticket, _start, _stop in batch.items:
+            if ticket.state in (QUEUED, RUNNING):
+                if ticket.taken < ticket.rows:
+                    self._unqueue(ticket)
+                ticket.state = FAILED
+                self.counts.failed += 1
+                failed.append(ticket)
+        return failed
+
+    def _release(self, batch: Batch) -> None:
+        self.running.remove(batch)
+        self.free += 1
+
+    # -- state ------------------------------------------------------------
+
+    def idle(self) -> bool:
+        return self.queued_requests == 0 and not self.running
+
+    def describe(self) -> dict[str, Any]:
+        counts = self.counts
+        single = counts.batch_sizes.get(1, 0)
+        return {
+            "policy": self.policy,
+            "early_refusal": self.predictive,
+            "executors": self.executors,
+            "executors_busy": len(self.running),
+            "max_batch_size": self.cap if self.batching else 0,
+            "latency_quantile": self.latency.quantile,
+            "latency_table": self.latency.table(),
+            "best_batch_size": self.latency.best_rows,
+            "concurrency_factor": self.latency.concurrency_factor,
+            "queue": {"requests": self.queued_requests, "rows": self.queued_rows},
+            "counts": {
+                "admitted": counts.admitted,
+                "refused_deadline": counts.refused_deadline,
+                "refused_queue_full": counts.refused_queue_full,
+                "expired": counts.expired,
+                "cancelled": counts.cancelled,
+                "completed": counts.completed,
+                "failed": counts.failed,
+                "batches": counts.batches,
+                "rows": counts.rows,
+                "batch1_dispatches": single,
+                "batched_dispatches": counts.batches - single,
+            },
+            "batch_sizes": dict(sorted(counts.batch_sizes.items())),
+        }

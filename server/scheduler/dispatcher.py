@@ -1,0 +1,352 @@
+"""The asyncio dispatcher: the pure core driven by the event loop and executors.
+
+`submit` admits the request into the core (or raises at once), then awaits a
+future that the completion of its batch resolves. Dispatch runs as one
+`call_soon` callback after the current burst of ready handlers, so requests that
+arrived together are admitted together and can share a batch.
+
+Execution modes (`SchedulingSettings.execution`):
+- `inline`: run the batch on the event-loop thread. No thread hand-off (which
+  costs tens of µs and two context switches per batch); on a server pinned to one
+  core there is no parallelism to lose. The loop does not read new requests while
+  a batch runs, so it suits short batches.
+- `thread`: run it on a pool of `executors` threads; the loop keeps admitting
+  and refusing requests meanwhile (onnxruntime releases the GIL).
+- `auto` (default): with one executor, inline when the batch's predicted time is
+  at most `inline_max_ms`, otherwise on the thread; with several executors,
+  always threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeadlineExceeded, InternalError, KairosError, ShuttingDown
+from ..metrics import NULL_METRICS, MetricsSink
+from ..types import InferenceRequest
+from .core import Batch, SchedulerCore, Ticket
+from .interface import BatchRunner, Clock, MonotonicClock
+from .latency import LatencyModel
+
+log = logging.getLogger("kairos.scheduler")
+
+EXECUTION_MODES = ("auto", "inline", "thread")
+# Profiling sweep: runs per batch size, and time budgets.
+PROFILE_MIN_RUNS = 5
+PROFILE_MAX_RUNS = 40
+PROFILE_SIZE_BUDGET_S = 0.25
+
+
+class AsyncDispatcher:
+    """One model version's scheduler on the event loop (implements `Dispatcher`)."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        version: str,
+        runner: BatchRunner,
+        core: SchedulerCore,
+        metrics: MetricsSink = NULL_METRICS,
+        clock: Clock | None = None,
+        execution: str = "auto",
+        inline_max_s: float = 0.002,
+        profile: bool = True,
+        profile_budget_s: float = 2.0,
+    ):
+        if execution not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {', '.join(EXECUTION_MODES)}, not {execution!r}")
+        self.model = model
+        self.version = version
+        self.runner = runner
+        self.core = core
+        self.latency: LatencyModel = core.latency
+        self.metrics = metrics
+        self.clock = clock or MonotonicClock()
+        self.execution = execution
+        self.inline_max_s = inline_max_s
+        self.profile = profile
+        self.profile_budget_s = profile_budget_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._closing = False
+        self._idle: asyncio.Event | None = None
+        self.inline_batches = 0
+        self.thread_batches = 0
+        self.profile_s = 0.0
+
+    # -- lifecycle --------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Blocking profiling sweep over batch sizes 1, 2, 4, ... max (loader thread)."""
+        if not self.profile:
+            return
+        started = time.perf_counter()
+        for rows in self.latency.buckets:
+            self._profile_size(rows)
+            if time.perf_counter() - started > self.profile_budget_s:
+                log.info("%s/%s: profiling budget spent at batch %d", self.model, self.version, rows)
+                break
+        self.profile_s = time.perf_counter() - started
+
+    def _profile_size(self, rows: int) -> None:
+        inputs = self.runner.example_inputs(rows)
+        self.runner.run(inputs, None)  # first run of a shape allocates; not a sample
+        spent = 0.0
+        for run in range(PROFILE_MAX_RUNS):
+            if run >= PROFILE_MIN_RUNS and spent > PROFILE_SIZE_BUDGET_S:
+                break
+            t0 = self.clock.now()
+            self.runner.run(inputs, None)
+            elapsed = self.clock.now() - t0
+            spent += elapsed
+            self.latency.observe(rows, elapsed)
+
+    async def start(self) -> None:
+        """Bind to the running loop (optional: `submit` binds lazily too)."""
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop accepting; with drain, run what is queued first; then stop executors."""
+        self._closing = True
+        if not drain:
+            for ticket in self.core.drain_queue():
+                self._reject(ticket, ShuttingDown("model is unloading"))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.core.idle() and self._loop is not None:
+            self._idle = asyncio.Event()
+            self._schedule()  # fixed policy: do not wait out the queue delay
+            await self._idle.wait()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    # -- requests ---------------------------------------------------------
+
+    async def submit(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        if self._closing:
+            raise ShuttingDown("model is unloading")
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        core = self.core
+        ticket = core.admit(request, self.clock.now())  # raises Refused / DeadlineExceeded
+        future = ticket.waiter = loop.create_future()
+        self.metrics.queue_depth(self.model, self.version, core.queued_requests, core.queued_rows)
+        if not self._scheduled and core.free > 0:
+            self._scheduled = True
+            loop.call_soon(self._pump)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if core.cancel(ticket):
+                self._maybe_idle()
+            raise
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        """Dispatch batches while executors are free (one inline batch per callback)."""
+        self._scheduled = False
+        core = self.core
+        while True:
+            now = self.clock.now()
+            batch = core.next_batch(now)
+            if core.expired:
+                self._expire()
+            if batch is None:
+                break
+            self.metrics.queue_depth(self.model, self.version, core.queued_requests, core.queued_rows)
+            if self._inline(batch):
+                self._run_inline(batch)
+                # let the loop admit what arrived meanwhile before the next batch
+                if core.queued_requests:
+                    self._schedule()
+                self._maybe_idle()
+                return
+            self._run_thread(batch)
+        if core.wakeup is not None:
+            self._arm_timer(core.wakeup - now)
+        self._maybe_idle()
+
+    def _inline(self, batch: Batch) -> bool:
+        mode = self.execution
+        if mode == "auto":
+            return self.core.executors == 1 and batch.predicted <= self.inline_max_s
+        return mode == "inline"
+
+    def _arm_timer(self, delay: float) -> None:
+        loop = self._loop
+        at = loop.time() + max(0.0, delay)
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
+
+    # -- execution --------------------------------------------------------
+
+    def _run_inline(self, batch: Batch) -> None:
+        self.inline_batches += 1
+        try:
+            outputs, compute = self._execute(batch)
+        except Exception as exc:  # the model failed: its requests fail, the server lives
+            self._failed(batch, exc)
+            return
+        self._done(batch, outputs, compute)
+
+    def _run_thread(self, batch: Batch) -> None:
+        self.thread_batches += 1
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.core.executors, thread_name_prefix=f"kairos-{self.model}"
+            )
+        self._pool.submit(self._execute_threaded, batch)
+
+    def _execute_threaded(self, batch: Batch) -> None:
+        loop = self._loop
+        try:
+            outputs, compute = self._execute(batch)
+        except Exception as exc:
+            loop.call_soon_threadsafe(self._after_failure, batch, exc)
+            return
+        loop.call_soon_threadsafe(self._after_thread, batch, outputs, compute)
+
+    def _after_thread(self, batch: Batch, outputs: dict, compute: float) -> None:
+        self._done(batch, outputs, compute)
+        self._pump()
+
+    def _after_failure(self, batch: Batch, exc: Exception) -> None:
+        self._failed(batch, exc)
+        self._pump()
+
+    def _execute(self, batch: Batch) -> tuple[dict[str, np.ndarray], float]:
+        """Gather inputs, run the model, time it (gather included: it is service time)."""
+        t0 = self.clock.now()
+        items = batch.items
+        first = items[0][0].request
+        if len(items) == 1 and items[0][1] == 0 and items[0][2] == items[0][0].rows:
+            inputs: Mapping[str, np.ndarray] = first.inputs
+        else:
+            inputs = {
+                name: np.concatenate(
+                    [t.request.inputs[name][start:stop] for t, start, stop in items], axis=0
+                )
+                for name in first.inputs
+            }
+        names = first.outputs
+        if names is not None:
+            for ticket, _, _ in items:
+                if ticket.request.outputs != names:
+                    names = None  # mixed requests: run every output, filter per request
+                    break
+        outputs = self.runner.run(inputs, names)
+        return outputs, self.clock.now() - t0
+
+    def _done(self, batch: Batch, outputs: dict[str, np.ndarray], compute: float) -> None:
+        items = batch.items
+        if len(items) == 1 and items[0][1] == 0 and items[0][2] == items[0][0].rows:
+            ticket = items[0][0]
+            ticket.parts = [(0, _select(outputs, ticket.request.outputs))]
+        else:
+            offset = 0
+            for ticket, start, stop in items:
+                rows = stop - start
+                part = {
+                    name: value[offset : offset + rows]
+                    for name, value in _select(outputs, ticket.request.outputs).items()
+                }
+                offset += rows
+                if ticket.parts is None:
+                    ticket.parts = [(start, part)]
+                else:
+                    ticket.parts.append((start, part))
+        now = self.clock.now()
+        complete = self.core.finish(batch, now, compute)
+        for ticket in complete:
+            future = ticket.waiter
+            if future is not None and not future.done():
+                future.set_result(_assemble(ticket.parts))
+            ticket.parts = None
+        self.metrics.batch_executed(
+            self.model,
+            self.version,
+            batch.rows,
+            [batch.start - t.arrival for t, _, _ in items],
+            compute,
+            batch.predicted if self.latency.known() else None,
+        )
+
+    def _failed(self, batch: Batch, exc: Exception) -> None:
+        log.error("%s/%s: batch of %d rows failed: %s", self.model, self.version, batch.rows, exc)
+        error = exc if isinstance(exc, KairosError) else InternalError(f"model execution failed: {exc}")
+        for ticket in self.core.fail(batch, self.clock.now()):
+            self._reject(ticket, error)
+
+    def _expire(self) -> None:
+        expired = self.core.expired
+        self.core.expired = []
+        for ticket in expired:
+            self._reject(ticket, DeadlineExceeded("deadline unreachable while queued"))
+
+    @staticmethod
+    def _reject(ticket: Ticket, error: Exception) -> None:
+        future = ticket.waiter
+        ticket.parts = None
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def _maybe_idle(self) -> None:
+        if self._idle is not None and self.core.idle():
+            self._idle.set()
+
+    # -- operators --------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        info = self.core.describe()
+        info.update(
+            model=self.model,
+            version=self.version,
+            execution=self.execution,
+            inline_max_ms=self.inline_max_s * 1e3,
+            inline_batches=self.inline_batches,
+            thread_batches=self.thread_batches,
+            profile_s=self.profile_s,
+        )
+        return info
+
+
+def _select(outputs: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
+    if wanted is None or len(wanted) == len(outputs):
+        return outputs
+    return {name: outputs[name] for name in wanted}
+
+
+def _assemble(parts: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """One request's outputs from its pieces, in row order."""
+    if len(parts) == 1:
+        return parts[0][1]
+    parts.sort(key=lambda part: part[0])
+    names = parts[0][1].keys()
+    return {name: np.concatenate([part[name] for _, part in parts], axis=0) for name in names}
+

@@ -1,0 +1,49 @@
+"""`make_dispatcher`: what the repository calls for each loaded model version."""
+
+from __future__ import annotations
+
+from ..metrics import MetricsSink
+from ..repository.config import SchedulingSettings
+from .core import SchedulerCore
+from .dispatcher import AsyncDispatcher
+from .interface import BatchRunner, Clock
+from .latency import LatencyModel
+
+
+def make_dispatcher(
+    *,
+    model: str,
+    version: str,
+    runner: BatchRunner,
+    settings: SchedulingSettings,
+    max_batch_size: int,
+    metrics: MetricsSink,
+    clock: Clock | None = None,
+) -> AsyncDispatcher:
+    """A dispatcher for one model version. Call `prepare()` (blocking: profiles L(b))
+    in a loader thread, then `await start()`, and `await close()` on unload."""
+    latency = LatencyModel(max_batch_size, quantile=settings.latency_quantile)
+    core = SchedulerCore(
+        latency=latency,
+        max_batch_size=max_batch_size,
+        policy=settings.policy,
+        executors=settings.executors,
+        max_queued_rows=settings.max_queued_rows,
+        max_queue_delay_s=settings.max_queue_delay_ms / 1e3,
+        preferred_batch_sizes=settings.preferred_batch_sizes,
+        # Fields added after the first config schema: read with defaults so an
+        # older SchedulingSettings still works.
+        early_refusal=getattr(settings, "early_refusal", None),
+    )
+    return AsyncDispatcher(
+        model=model,
+        version=version,
+        runner=runner,
+        core=core,
+        metrics=metrics,
+        clock=clock,
+        execution=getattr(settings, "execution", "auto"),
+        inline_max_s=getattr(settings, "inline_max_ms", 2.0) / 1e3,
+        profile=settings.profile,
+        profile_budget_s=getattr(settings, "profile_budget_s", 2.0),
+    )

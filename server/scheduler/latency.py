@@ -1,0 +1,172 @@
+"""L(b): the predicted service time of a batch of b rows, learned from observations.
+
+Observations live in a few *buckets* (batch sizes 1, 2, 4, ... and the max batch
+size). An execution of b rows is credited to the nearest bucket after scaling by
+the current prediction ratio L(bucket)/L(b), so every execution corrects the
+model, whatever its size, and each bucket's window fills quickly. A bucket
+predicts an upper quantile of its sliding window (the promise is about tails,
+and one slow outlier in a window of 64 does not move a 0.95 quantile); sizes
+between buckets are interpolated linearly, sizes above the largest known bucket
+are extrapolated linearly. The table is non-decreasing in b.
+
+`predict` is a list lookup: the scheduler calls it several times per request.
+Rebuilding the table is throttled (every few observations once warm).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+# Observations kept per bucket: enough for a 0.95 quantile to ignore 3 outliers.
+WINDOW = 64
+# Once a bucket holds this many observations, rebuild the table only every
+# REBUILD_EVERY observations (a rebuild costs ~10-30 µs).
+WARM = 16
+REBUILD_EVERY = 8
+# Smoothing of the observed/predicted ratio of runs that overlapped another run.
+CONCURRENCY_ALPHA = 0.05
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """1, 2, 4, ... up to max_batch_size, which is always included."""
+    top = max(1, max_batch_size)
+    sizes = []
+    b = 1
+    while b < top:
+        sizes.append(b)
+        b *= 2
+    sizes.append(top)
+    return sizes
+
+
+class LatencyModel:
+    """Per-batch-size service time predictions for one model version."""
+
+    def __init__(self, max_batch_size: int, quantile: float = 0.95, window: int = WINDOW):
+        self.max_rows = max(1, max_batch_size)
+        self.quantile = quantile
+        self.buckets = bucket_sizes(self.max_rows)
+        self._windows: dict[int, deque[float]] = {b: deque(maxlen=window) for b in self.buckets}
+        self._counts: dict[int, int] = dict.fromkeys(self.buckets, 0)
+        self._bucket_q: dict[int, float] = {}
+        self._dirty: set[int] = set()
+        self._since_rebuild = 0
+        # _table[b] for b in 0..max_rows; _table[0] = 0.
+        self._table: list[float] = [0.0] * (self.max_rows + 1)
+        self._slope = 0.0  # seconds per row beyond max_rows
+        self.best_rows = self.max_rows  # rows with the highest predicted throughput
+        # observed/predicted for runs that overlapped another execution (executors > 1).
+        self.concurrency_factor = 1.0
+        self.observations = 0
+
+    # -- prediction -------------------------------------------------------
+
+    def predict(self, rows: int) -> float:
+        """Predicted seconds to run `rows` rows in one execution (0 when nothing is known)."""
+        if rows <= self.max_rows:
+            return self._table[rows]
+        return self._table[self.max_rows] + (rows - self.max_rows) * self._slope
+
+    @property
+    def table_list(self) -> list[float]:
+        """The raw table, index = rows (for hot loops that want to skip the call)."""
+        return self._table
+
+    def known(self) -> bool:
+        return bool(self._bucket_q)
+
+    def drain_time(self, rows: int) -> float:
+        """Predicted time to serve `rows` queued rows in batches of the best size."""
+        if rows <= 0:
+            return 0.0
+        best = self.best_rows
+        full, rest = divmod(rows, best)
+        table = self._table
+        return full * table[best] + (table[rest] if rest else 0.0)
+
+    # -- learning ---------------------------------------------------------
+
+    def observe(self, rows: int, seconds: float, concurrent: bool = False) -> None:
+        """Record one execution of `rows` rows that took `seconds`.
+
+        A run that overlapped another execution only updates the concurrency
+        factor: its time says how much sharing the machine costs, not L(b).
+        """
+        if rows <= 0 or seconds < 0 or not math.isfinite(seconds):
+            return
+        self.observations += 1
+        predicted = self.predict(rows)
+        if concurrent:
+            if predicted > 0:
+                ratio = seconds / predicted
+                self.concurrency_factor += CONCURRENCY_ALPHA * (ratio - self.concurrency_factor)
+            return
+        bucket = self._nearest_bucket(rows)
+        if bucket != rows:
+            target = self.predict(bucket)
+            if predicted > 0 and target > 0:
+                seconds *= target / predicted
+            else:
+                seconds *= bucket / rows  # nothing learned yet: assume linear
+        self._windows[bucket].append(seconds)
+        self._counts[bucket] += 1
+        self._dirty.add(bucket)
+        self._since_rebuild += 1
+        if len(self._windows[bucket]) < WARM or self._since_rebuild >= REBUILD_EVERY:
+            self.rebuild()
+
+    def _nearest_bucket(self, rows: int) -> int:
+        if rows >= self.max_rows:
+            return self.max_rows
+        low = 1 << (rows.bit_length() - 1)
+        if low == rows:
+            return rows
+        high = min(low * 2, self.max_rows)
+        # nearer in ratio terms: geometric midpoint
+        return low if rows * rows < low * high else high
+
+    def rebuild(self) -> None:
+        """Recompute bucket quantiles that changed and the interpolated table."""
+        q = self.quantile
+        for bucket in self._dirty:
+            window = sorted(self._windows[bucket])
+            if window:
+                index = min(len(window) - 1, max(0, math.ceil(q * len(window)) - 1))
+                self._bucket_q[bucket] = window[index]
+        self._dirty.clear()
+        self._since_rebuild = 0
+        if not self._bucket_q:
+            return
+        xs = sorted(self._bucket_q)
+        ys = np.maximum.accumulate(np.array([self._bucket_q[x] for x in xs]))
+        sizes = np.arange(self.max_rows + 1, dtype=np.float64)
+        if len(xs) == 1:
+            # One known size: flat below it, proportional above it (pessimistic).
+            x0, y0 = xs[0], float(ys[0])
+            table = np.where(sizes <= x0, y0, y0 * sizes / x0)
+            slope = y0 / x0
+        else:
+            table = np.interp(sizes, xs, ys)
+            slope = max(0.0, float(ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+            above = sizes > xs[-1]
+            table[above] = ys[-1] + (sizes[above] - xs[-1]) * slope
+        table[0] = 0.0
+        self._table = table.tolist()
+        self._slope = slope
+        rates = sizes[1:] / np.maximum(table[1:], 1e-12)
+        self.best_rows = int(np.argmax(rates)) + 1
+
+    def table(self) -> list[dict[str, Any]]:
+        """Operator view: each bucket size, its prediction, and how many runs taught it."""
+        return [
+            {
+                "batch_size": b,
+                "predicted_s": self.predict(b),
+                "observations": self._counts[b],
+            }
+            for b in self.buckets
+        ]
