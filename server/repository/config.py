@@ -18,6 +18,10 @@ scheduling:
   executors: 1              # concurrent model executions
   latency_quantile: 0.95    # which quantile of observed service time L(b) predicts
   profile: true             # sweep batch sizes at load to learn L(b)
+  profile_budget_s: 2       # longest the sweep may take
+  execution: auto           # auto | inline | thread: where batches run
+  inline_max_ms: 2          # auto: batches predicted this short run on the event loop
+  early_refusal: null       # refuse what cannot meet its deadline; null = on for slo
 ```
 """
 
@@ -48,6 +52,14 @@ class SchedulingSettings:
     executors: int = 1
     latency_quantile: float = 0.95
     profile: bool = True
+    # Where batches run: auto | inline (event-loop thread) | thread (executor pool).
+    execution: str = "auto"
+    # auto mode: batches predicted to take at most this long run inline.
+    inline_max_ms: float = 2.0
+    # Refuse at admission when the deadline cannot be met; None: on for policy slo only.
+    early_refusal: bool | None = None
+    # Longest time the load-time profiling sweep of L(b) may take.
+    profile_budget_s: float = 2.0
 
 
 @dataclass
@@ -155,6 +167,10 @@ def _validate(settings: ModelSettings, where: str) -> None:
         raise ConfigError(f"{where}: scheduling.executors must be >= 1")
     if sched.max_queued_rows < 1:
         raise ConfigError(f"{where}: scheduling.max_queued_rows must be >= 1")
+    if sched.execution not in ("auto", "inline", "thread"):
+        raise ConfigError(f"{where}: scheduling.execution must be one of auto, inline, thread")
+    if sched.early_refusal is not None and not isinstance(sched.early_refusal, bool):
+        raise ConfigError(f"{where}: scheduling.early_refusal must be true or false")
     if not 0.5 <= sched.latency_quantile < 1.0:
         raise ConfigError(f"{where}: scheduling.latency_quantile must be in [0.5, 1)")
 
