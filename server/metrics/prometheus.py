@@ -49,6 +49,11 @@ FAILURE_REASONS: tuple[str, ...] = (
 )
 MODEL_STATES: tuple[str, ...] = ("READY", "LOADING", "UNAVAILABLE", "UNLOADING", "UNLOADED")
 REQUEST_CLASSES: tuple[str, ...] = ("online", "batch")
+# Model names reach the labels straight from requests (a NOT_FOUND request names any
+# model it likes); past this many label sets, new ones are counted under OTHER_MODEL
+# so a misbehaving client cannot grow the series without bound.
+MAX_LABEL_SETS = 1000
+OTHER_MODEL = "__other__"
 
 
 @dataclass(slots=True)
@@ -96,6 +101,7 @@ class PrometheusMetrics(MetricsSink):
         *,
         registry: CollectorRegistry | None = None,
         latency_buckets: Sequence[float] = LATENCY_BUCKETS,
+        max_label_sets: int = MAX_LABEL_SETS,
     ) -> None:
         # `*_created` series double the series count and nothing here reads them.
         # The switch is process-wide; the server has no other exporter.
@@ -107,6 +113,7 @@ class PrometheusMetrics(MetricsSink):
         self._requests: dict[tuple[str, str, str], _RequestChildren] = {}
         self._batches: dict[tuple[str, str], _BatchChildren] = {}
         self._models: dict[tuple[str, str], _ModelChildren] = {}
+        self._max_label_sets = max_label_sets
         self._define(tuple(latency_buckets))
 
     # ---- definitions -------------------------------------------------------------------
@@ -184,6 +191,11 @@ class PrometheusMetrics(MetricsSink):
         info.labels(_kairos_version()).set(1)
 
     def _request_children(self, model: str, version: str, klass: str) -> _RequestChildren:
+        if len(self._requests) >= self._max_label_sets:
+            other = self._requests.get((OTHER_MODEL, "", klass))
+            if other is not None:
+                return other
+            model, version = OTHER_MODEL, ""
         labels = (model, version, klass)
         children = _RequestChildren(
             success=self.requests.labels(*labels, "success"),
@@ -213,6 +225,11 @@ class PrometheusMetrics(MetricsSink):
         return children
 
     def _model_children(self, model: str, version: str) -> _ModelChildren:
+        if len(self._models) >= self._max_label_sets:
+            other = self._models.get((OTHER_MODEL, ""))
+            if other is not None:
+                return other
+            model, version = OTHER_MODEL, ""
         children = _ModelChildren(
             inflight=self.inflight.labels(model, version),
             queue_requests=self.queue_requests.labels(model, version),

@@ -171,3 +171,17 @@ def test_http_server_on_a_free_port(metrics: PrometheusMetrics) -> None:
     finally:
         metrics.stop_http_server()
     metrics.stop_http_server()  # idempotent
+
+
+def test_label_sets_are_capped() -> None:
+    """Unknown model names from clients must not grow the series without bound."""
+    metrics = PrometheusMetrics(max_label_sets=3)
+    for i in range(10):
+        metrics.request_started(f"nope{i}", "")
+        metrics.request_finished(f"nope{i}", "", "not_found", 0.0001, 0)
+        metrics.request_ended(f"nope{i}", "")
+    models = {labels for (name, labels) in samples(metrics) if name == "kairos_requests_total"}
+    assert len({dict(labels)["model"] for labels in models}) == 4  # 3 + "__other__"
+    assert value(metrics, "kairos_request_failures_total", model="__other__", version="",
+                 reason="not_found", **{"class": "online"}) == 7
+    assert value(metrics, "kairos_inflight_requests", model="__other__", version="") == 0
