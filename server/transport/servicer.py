@@ -212,9 +212,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return grpc.StatusCode.NOT_FOUND, (
                 f"unknown repository '{request.repository_name}'; this server has one (use '')"
             )
-        if request.parameters:
-            name = sorted(request.parameters)[0]
-            return grpc.StatusCode.INVALID_ARGUMENT, f"repository parameter '{name}' is not supported"
+        # Kairos models have no dependents, so `unload_dependents` has nothing to do.
+        unsupported = sorted(set(request.parameters) - {"unload_dependents"})
+        if unsupported:
+            return grpc.StatusCode.INVALID_ARGUMENT, (
+                f"repository parameter '{unsupported[0]}' is not supported"
+            )
         return None
 
     # ---- inference -------------------------------------------------------------------
