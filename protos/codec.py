@@ -160,10 +160,14 @@ def decode_tensor(
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)
-    try:
-        return np.asarray(values, dtype=dtype).reshape(shape)
-    except OverflowError as exc:
-        raise TensorError(f"input '{name}': a value does not fit {datatype}: {exc}") from None
+    if dtype.kind in "iu" and dtype.itemsize < 8:
+        # int_contents/uint_contents carry 32 bits; narrower types must be range-checked.
+        wide = np.asarray(values, dtype=np.int64)
+        limits = np.iinfo(dtype)
+        if count and (wide.min() < limits.min or wide.max() > limits.max):
+            raise TensorError(f"input '{name}': a value in contents does not fit {datatype}")
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def _has_contents(tensor: pb.ModelInferRequest.InferInputTensor) -> bool:
