@@ -6,7 +6,6 @@ import struct
 
 import numpy as np
 import pytest
-
 from kairos.protos import codec
 from kairos.protos import grpc_service_pb2 as pb
 

@@ -8,12 +8,11 @@ import struct
 import grpc
 import numpy as np
 import pytest
-from kairos_testing.models import standard_repository
-from kairos_testing.server import running_server
-
 from kairos.protos import codec
 from kairos.protos import grpc_service_pb2 as pb
 from kairos.protos import grpc_service_pb2_grpc as pb_grpc
+from kairos_testing.models import standard_repository
+from kairos_testing.server import running_server
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
