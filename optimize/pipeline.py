@@ -1,0 +1,216 @@
+"""One call per `kairos optimize` subcommand: make the variant, measure it, write the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from kairos.optimize import quantize as q
+from kairos.optimize import report as rp
+from kairos.optimize.data import Dataset, check_fits
+from kairos.optimize.errors import DataError, OptimizeError
+from kairos.optimize.graph import Mlp, build_model, load_onnx, read_mlp, save_model
+from kairos.optimize.prune import PruneSettings, prune_finetune, prune_oneshot, weight_sparsity
+from kairos.optimize.repository import Source, Target, prepare_target, resolve_source
+
+
+@dataclass
+class Output:
+    """Where the variant went (`<repo>/<name>/<version>/model.onnx`) and what it measured."""
+
+    model_path: Path
+    report: dict[str, Any]
+    report_json: Path
+    report_md: Path
+
+
+@dataclass
+class Destination:
+    repository: Path | str | None = None
+    name: str | None = None
+    version: int = 1
+    overwrite: bool = False
+
+
+@dataclass
+class Measure:
+    eval_data: Dataset
+    repeats: int = 200
+    threads: int = 1
+
+
+def _start(model: Path | str, dest: Destination, suffix: str, *datasets: tuple[Dataset | None, str]
+           ) -> tuple[Source, onnx.ModelProto, Target]:
+    source = resolve_source(model)
+    proto = load_onnx(source.path)
+    for data, what in datasets:
+        if data is not None:
+            check_fits(data, proto, what)
+    target = prepare_target(source, dest.repository, dest.name, suffix, dest.version, dest.overwrite)
+    return source, proto, target
+
+
+def _finish(source: Source, target: Target, technique: str, settings: dict, measure: Measure,
+            warnings: list[str], notes: list[str] | None = None, slow_what: str | None = None,
+            **extra: Any) -> Output:
+    measured = rp.compare(source.path, target.model_path, measure.eval_data, measure.repeats,
+                          threads=measure.threads)
+    if slow_what:
+        warnings = [*warnings, rp.slow_warning(measured, slow_what)]
+    report = rp.make_report(target.model_dir.name, technique, settings, measured, warnings, notes, **extra)
+    report["model"]["version"] = target.version
+    json_path, md_path = rp.write_report(report, target.model_dir)
+    return Output(target.model_path, report, json_path, md_path)
+
+
+def quantize_model(model: Path | str, mode: str, measure: Measure, dest: Destination | None = None,
+                   calibration: Dataset | None = None, method: str = "minmax", per_channel: bool = False,
+                   calibration_batch_size: int = 64, weight_type: str = "qint8",
+                   activation_type: str = "quint8", num_bins: int = 2048,
+                   num_quantized_bins: int = 128, percentile: float = 99.999) -> Output:
+    """`kairos optimize quantize`: mode is dynamic | static | fp16."""
+    dest = dest or Destination()
+    if mode not in ("dynamic", "static", "fp16"):
+        raise OptimizeError(f"unknown quantization mode '{mode}' (dynamic | static | fp16)")
+    if mode == "static" and calibration is None:
+        raise DataError("static quantization needs calibration data: pass --calibration FILE")
+    suffix = {"dynamic": "int8-dynamic", "static": "int8", "fp16": "fp16"}[mode]
+    source, proto, target = _start(model, dest, suffix, (measure.eval_data, "evaluation data"),
+                                   (calibration if mode == "static" else None, "calibration data"))
+    settings: dict[str, Any] = {"mode": mode}
+    notes: list[str] = []
+    extra: dict[str, Any] = {}
+    if mode == "dynamic":
+        settings |= {"per_channel": per_channel, "weight_type": weight_type}
+        warnings = q.dynamic_int8(proto, target.model_path, per_channel, weight_type)
+        notes.append(rp.DYNAMIC_INT8_NOTE)
+    elif mode == "static":
+        settings |= {"format": "QDQ", "calibration": method, "per_channel": per_channel,
+                     "calibration_rows": len(calibration), "calibration_batch_size": calibration_batch_size,
+                     "activation_type": activation_type, "weight_type": "qint8"}
+        if method != "minmax":
+            settings |= {"num_bins": num_bins, "num_quantized_bins": num_quantized_bins}
+            if method == "percentile":
+                settings["percentile"] = percentile
+        ranges = q.static_int8(proto, target.model_path, calibration.x, method, per_channel,
+                               calibration_batch_size, activation_type, num_bins=num_bins,
+                               num_quantized_bins=num_quantized_bins, percentile=percentile)
+        extra["calibration_ranges"] = q.range_summary(ranges)
+        warnings = []
+    else:
+        warnings = q.fp16(proto, target.model_path)
+    return _finish(source, target, f"quantize-{mode}", settings, measure, warnings, notes,
+                   slow_what=f"{mode} quantization", **extra)
+
+
+def _shapes(mlp: Mlp) -> list[list[int]]:
+    return [list(d.weight.shape) for d in mlp.dense_layers()]
+
+
+def prune_model(model: Path | str, settings: PruneSettings, measure: Measure,
+                dest: Destination | None = None, train_data: Dataset | None = None,
+                cfg: Any = None) -> Output:
+    """`kairos optimize prune`: fine-tunes on `train_data` when given (and cfg.epochs > 0)."""
+    from kairos.optimize.train import TrainConfig
+
+    dest, cfg = dest or Destination(), cfg or TrainConfig()
+    settings.check()
+    pct = int(round(settings.sparsity * 100))
+    suffix = f"pruned{pct}" if settings.method == "structured" else f"sparse{pct}"
+    source, proto, target = _start(model, dest, suffix, (measure.eval_data, "evaluation data"),
+                                   (train_data, "training data"))
+    original = read_mlp(proto)
+    if train_data is not None and cfg.epochs > 0:
+        if train_data.y is None:
+            raise DataError(f"fine-tuning needs labels: {train_data.source} has none")
+        pruned = prune_finetune(original, train_data.x, train_data.y, settings, cfg)
+        tuning = {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                  "rows": len(train_data)}
+    else:
+        pruned, tuning = prune_oneshot(original, settings), None
+    save_model(build_model(pruned), target.model_path)
+    info = {"weight_shapes_before": _shapes(original), "weight_shapes_after": _shapes(pruned),
+            "hidden_sizes_before": original.hidden_sizes(), "hidden_sizes_after": pruned.hidden_sizes(),
+            "weight_sparsity": weight_sparsity(pruned)}
+    notes = []
+    if settings.method == "unstructured":
+        notes.append("Unstructured zeros keep every matrix shape; onnxruntime's CPU kernels are "
+                     "dense, so expect no speed-up and no smaller file (see latency above).")
+    return _finish(source, target, f"prune-{settings.method}", asdict(settings) | {"fine_tuning": tuning},
+                   measure, [], notes, slow_what=f"{settings.method} pruning", pruning=info)
+
+
+def distill_model(model: Path | str, settings: Any, train_data: Dataset, measure: Measure,
+                  dest: Destination | None = None, cfg: Any = None) -> Output:
+    """`kairos optimize distill`: writes the distilled student; the report holds it and the
+    same student trained on hard labels alone."""
+    from kairos.optimize import distill as ds
+    from kairos.optimize.train import TrainConfig
+
+    dest, cfg = dest or Destination(), cfg or TrainConfig()
+    if train_data.y is None:
+        raise DataError(f"distillation needs labelled training data: {train_data.source} has no labels")
+    source, proto, target = _start(model, dest, "distilled", (measure.eval_data, "evaluation data"),
+                                   (train_data, "training data"))
+    distilled, hard = ds.distill(source.path, train_data.x, train_data.y, settings, cfg)
+    save_model(build_model(distilled), target.model_path)
+    students = [_student("distilled (soft + hard targets)", distilled, target.model_path, source, measure),
+                _student("hard labels only", hard, None, source, measure)]
+    config = asdict(settings) | {"temperature": cfg.temperature, "alpha": cfg.alpha, "epochs": cfg.epochs,
+                                 "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed}
+    return _finish(source, target, "distill", config, measure, [], students=students)
+
+
+def _student(name: str, mlp: Mlp, path: Path | None, source: Source, measure: Measure) -> dict[str, Any]:
+    """A student's accuracy and agreement with the teacher (written to a temp file if unsaved)."""
+    import tempfile
+
+    from kairos.optimize import runtime
+
+    with tempfile.TemporaryDirectory(prefix="kairos-student-") as tmp:
+        path = path or save_model(build_model(mlp), Path(tmp) / "student.onnx")
+        out = runtime.run(runtime.make_session(path), measure.eval_data.x)
+        size = path.stat().st_size
+    base = runtime.run(runtime.make_session(source.path), measure.eval_data.x)
+    metrics = rp.output_metrics(base, out, measure.eval_data.y)
+    return {"name": name, "hidden": mlp.hidden_sizes(), "size_bytes": size,
+            "accuracy": metrics.get("accuracy"), "top1_agreement": metrics["top1_agreement"],
+            "max_abs_deviation": metrics["max_abs_deviation"]}
+
+
+def report_model(variant: Path | str, baseline: Path | str, measure: Measure) -> Output:
+    """`kairos optimize report`: re-measure an existing variant against its original and
+    rewrite its report (keeping the technique and settings recorded when it was made)."""
+    var, base = resolve_source(variant), resolve_source(baseline)
+    check_fits(measure.eval_data, load_onnx(base.path), "evaluation data")
+    check_fits(measure.eval_data, load_onnx(var.path), "evaluation data")
+    folder = var.model_dir or var.path.parent
+    previous = _previous_report(folder / "report.json")
+    measured = rp.compare(base.path, var.path, measure.eval_data, measure.repeats, threads=measure.threads)
+    report = rp.make_report(var.name, previous.get("technique", "unknown"), previous.get("settings", {}),
+                            measured, previous.get("warnings"), previous.get("notes"),
+                            **{k: previous[k] for k in ("pruning", "students", "calibration_ranges")
+                               if k in previous})
+    json_path, md_path = rp.write_report(report, folder)
+    return Output(var.path, report, json_path, md_path)
+
+
+def _previous_report(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def accuracy_of(path: Path, data: Dataset) -> float:
+    """Top-1 accuracy of the model at `path` on labelled `data`."""
+    from kairos.optimize import runtime
+
+    out = runtime.run(runtime.make_session(path), data.x)
+    return float(np.mean(out.argmax(1) == data.y))

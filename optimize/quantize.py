@@ -1,0 +1,157 @@
+"""int8 (dynamic, static QDQ with calibration) and fp16 variants, via onnxruntime's tools.
+
+Choices baked in from measurements on the target CPUs (AVX-512 VNNI):
+- weights are QInt8 (faster than QUInt8 here);
+- static quantization always writes QDQ (the QOperator format with int8 activations takes
+  a ~40x slower path) and is served with ORT_ENABLE_ALL, which fuses QDQ into int8 kernels;
+- the calibrator is built here rather than inside `quantize_static`, because that function
+  does not pass `num_bins` on, and Entropy with its default bins returns the MinMax range.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import onnx
+from kairos.optimize.errors import OptimizeError, UnsupportedGraphError
+from kairos.optimize.graph import build_model, read_mlp, save_model
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    create_calibrator,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+
+METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+           "percentile": CalibrationMethod.Percentile}
+WEIGHT_TYPES = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
+FP16_CPU_WARNING = ("fp16 is known to be no faster than fp32 on CPUExecutionProvider (it runs "
+                    "Cast and fp32 kernels); serve it on a GPU provider")
+QUINT8_WARNING = "QUInt8 weights are known to run slower than QInt8 on AVX-512 VNNI CPUs"
+
+
+@contextmanager
+def _quiet_ort() -> Iterator[None]:
+    """onnxruntime's quantizer logs advice at WARNING for every call; keep the CLI readable."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def canonical_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with Gemm rewritten as MatMul+Add when the graph is in the supported
+    subset: onnxruntime's dynamic quantizer skips Gemm, so it would stay fp32."""
+    if not any(n.op_type == "Gemm" for n in model.graph.node):
+        return model
+    try:
+        return build_model(read_mlp(model))
+    except UnsupportedGraphError:
+        return model
+
+
+def _unquantized_gemm_warning(model: onnx.ModelProto) -> str | None:
+    if any(n.op_type == "Gemm" for n in model.graph.node):
+        return "Gemm nodes are not quantized by dynamic quantization; they stay fp32"
+    return None
+
+
+def dynamic_int8(model: onnx.ModelProto, out: Path, per_channel: bool = False,
+                 weight_type: str = "qint8") -> list[str]:
+    """Dynamic int8 weights (activation scales computed per call); returns warnings."""
+    model = canonical_model(model)
+    with _quiet_ort():
+        quantize_dynamic(model, out, per_channel=per_channel, weight_type=WEIGHT_TYPES[weight_type])
+    return [w for w in (_unquantized_gemm_warning(model),
+                        QUINT8_WARNING if weight_type == "quint8" else None) if w]
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
+        self._items = iter([{input_name: b} for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def split_batches(x: np.ndarray, batch_size: int) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Full batches, and the ragged remainder (None when the rows divide evenly)."""
+    full = len(x) // batch_size * batch_size
+    batches = [x[i:i + batch_size] for i in range(0, full, batch_size)]
+    return batches, (x[full:] if full < len(x) else None)
+
+
+def calibrate(model: onnx.ModelProto, x: np.ndarray, method: str = "minmax", batch_size: int = 64,
+              num_bins: int = 2048, num_quantized_bins: int = 128,
+              percentile: float = 99.999, symmetric: bool | None = None) -> TensorsData:
+    """Activation ranges of `model` on calibration rows `x`.
+
+    Histogram calibrators stack each collect_data() call's batches into one array, so a
+    ragged last batch crashes them; it is fed in a second call instead, and their
+    histograms carry over between calls, so every row counts exactly once.
+    """
+    if method not in METHODS:
+        raise OptimizeError(f"unknown calibration method '{method}' (use {', '.join(METHODS)})")
+    options = {"num_bins": num_bins, "num_quantized_bins": num_quantized_bins, "percentile": percentile}
+    if symmetric is not None:
+        options["symmetric"] = symmetric
+    input_name = model.graph.input[0].name
+    batch_size = max(1, min(batch_size, len(x)))
+    full, rest = split_batches(x, batch_size)
+    with tempfile.TemporaryDirectory(prefix="kairos-calib-") as tmp, _quiet_ort(), \
+            redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+        src = save_model(model, Path(tmp) / "model.onnx")
+        calibrator = create_calibrator(src, None, augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                       calibrate_method=METHODS[method], extra_options=options)
+        for batches in (full, [rest] if rest is not None else []):
+            if batches:
+                calibrator.collect_data(_Batches(input_name, batches))
+        return calibrator.compute_data()
+
+
+def static_int8(model: onnx.ModelProto, out: Path, calibration: np.ndarray, method: str = "minmax",
+                per_channel: bool = False, batch_size: int = 64, activation_type: str = "quint8",
+                **calib_options: float) -> TensorsData:
+    """Static QDQ int8: QInt8 weights, and by default QUInt8 activations (u8 x s8 is the
+    native VNNI product on x86), ranges from `calibration`."""
+    model = canonical_model(model)
+    ranges = calibrate(model, calibration, method, batch_size, **calib_options)
+    with tempfile.TemporaryDirectory(prefix="kairos-quant-") as tmp, _quiet_ort():
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        quantize_static(model, out, None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=WEIGHT_TYPES[activation_type], weight_type=QuantType.QInt8,
+                        calibrate_method=METHODS[method], calibration_cache_path=cache)
+    return ranges
+
+
+def fp16(model: onnx.ModelProto, out: Path) -> list[str]:
+    """fp16 weights and compute, keeping fp32 inputs and outputs for existing clients."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet_ort():
+        converted = convert_float_to_float16(model, keep_io_types=True)
+    save_model(converted, out)
+    return [FP16_CPU_WARNING]
+
+
+def range_summary(ranges: TensorsData) -> dict[str, list[float]]:
+    """{tensor: [low, high]} as plain floats, for the report and for tests."""
+    summary = {}
+    for name, data in ranges.data.items():
+        low, high = data.range_value
+        summary[name] = [float(np.asarray(low).min()), float(np.asarray(high).max())]
+    return summary

@@ -1,0 +1,72 @@
+"""onnxruntime sessions configured as the server runs them, and side-by-side latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from kairos.optimize.errors import OptimizeError
+
+PROVIDER = "CPUExecutionProvider"
+
+
+def make_session(path: Path | str, threads: int = 1, provider: str = PROVIDER) -> ort.InferenceSession:
+    """A session like the server's default: full graph optimisation (static QDQ needs it to
+    fuse into integer kernels), `threads` intra-op threads, no spinning."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=[provider])
+    except Exception as exc:  # onnxruntime raises its own exception types per failure
+        raise OptimizeError(f"onnxruntime cannot load {path}: {exc}") from None
+
+
+def run(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The first output for all rows of `x`, computed `batch_size` rows at a time."""
+    name = session.get_inputs()[0].name
+    parts = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def rows_for_batch(x: np.ndarray, batch: int) -> np.ndarray:
+    """`batch` rows taken from `x`, repeated when `x` is shorter."""
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch])
+
+
+def measure_latency(paths: dict[str, Path], x: np.ndarray, batch_sizes: tuple[int, ...] = (1, 64),
+                    repeats: int = 200, warmup: int = 20, threads: int = 1) -> dict[str, dict[int, float]]:
+    """Median milliseconds per run for each model and batch size.
+
+    Models are timed side by side (their runs interleaved, the order rotating) so that
+    noise from other processes on a shared machine hits them alike.
+    """
+    sessions = {key: make_session(path, threads) for key, path in paths.items()}
+    result: dict[str, dict[int, float]] = {key: {} for key in sessions}
+    for batch in batch_sizes:
+        feed = rows_for_batch(x, batch)
+        samples = _interleaved(sessions, feed, repeats, warmup)
+        for key, times in samples.items():
+            result[key][batch] = statistics.median(times) * 1e3
+    return result
+
+
+def _interleaved(sessions: dict[str, ort.InferenceSession], feed: np.ndarray,
+                 repeats: int, warmup: int) -> dict[str, list[float]]:
+    keys = list(sessions)
+    feeds = {k: {s.get_inputs()[0].name: feed} for k, s in sessions.items()}
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(warmup + repeats):
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            start = time.perf_counter()
+            sessions[k].run(None, feeds[k])
+            if i >= warmup:
+                times[k].append(time.perf_counter() - start)
+    return times
