@@ -1,0 +1,1 @@
+"""The `kairos` command line; `main.main` is the console-script entry point."""

@@ -1,0 +1,275 @@
+"""The client library against a minimal third-party-style V2 server (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from kairos.client import AsyncInferenceClient, InferenceClient, InferenceServerError
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    return {
+        "x": np.arange(6, dtype=np.float32).reshape(3, 2),
+        "ids": np.array([1, -2, 3], dtype=np.int64),
+        "flags": np.array([True, False, True]),
+        "text": np.array([b"a", b"", "h\u00e9".encode()], dtype=np.object_),
+    }
+
+
+def _assert_identity(outputs: dict[str, np.ndarray], inputs: dict[str, np.ndarray]) -> None:
+    assert set(outputs) == {f"{name}_out" for name in inputs}
+    for name, array in inputs.items():
+        got = outputs[f"{name}_out"]
+        assert got.dtype == array.dtype
+        assert got.shape == array.shape
+        assert got.tolist() == array.tolist()
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["raw_output_contents", "typed_contents"])
+def test_infer_decodes_raw_and_typed_outputs(fake_server, typed):
+    fake_server.state.typed_outputs = typed
+    with InferenceClient(fake_server.address) as client:
+        _assert_identity(client.infer("identity", _inputs()), _inputs())
+
+
+def test_infer_response_echoes_id_version_and_parameters(fake_server):
+    with InferenceClient(f"grpc://{fake_server.address}/") as client:
+        result = client.infer_response(
+            "identity", {"x": np.ones((1, 2), np.float32)}, request_id="req-7", version="1"
+        )
+    assert (result.id, result.model_name, result.model_version) == ("req-7", "identity", "1")
+    assert result.parameters == {"served_by": "fake"}
+    assert result.response.raw_output_contents
+
+
+def test_requested_output_subset(fake_server):
+    with InferenceClient(fake_server.address) as client:
+        outputs = client.infer("identity", _inputs(), outputs=["ids_out"])
+    assert list(outputs) == ["ids_out"]
+
+
+def test_errors_carry_status_and_server_message(fake_server):
+    with InferenceClient(fake_server.address) as client:
+        with pytest.raises(InferenceServerError) as missing:
+            client.infer("nope", {"x": np.ones(1, np.float32)})
+        assert missing.value.status == "NOT_FOUND"
+        assert missing.value.code == grpc.StatusCode.NOT_FOUND
+        assert "model 'nope'" in missing.value.message
+        assert not missing.value.unreachable
+
+        with pytest.raises(InferenceServerError) as bad:
+            client.infer("identity", {"x": np.ones(1, np.float32)}, parameters={"fail": True})
+        assert bad.value.status == "INVALID_ARGUMENT"
+        assert "input 'x'" in str(bad.value)
+
+        with pytest.raises(InferenceServerError) as unavailable:
+            client.infer("broken", {"x": np.ones(1, np.float32)})
+        assert unavailable.value.status == "UNAVAILABLE"
+        assert not unavailable.value.unreachable  # the server answered
+
+
+def test_unreachable_server_is_flagged(free_port):
+    with InferenceClient(f"127.0.0.1:{free_port}") as client, pytest.raises(
+        InferenceServerError
+    ) as error:
+        client.server_live(timeout=5)
+    assert error.value.status == "UNAVAILABLE"
+    assert error.value.unreachable
+
+
+def test_timeout_becomes_grpc_deadline(fake_server):
+    with InferenceClient(fake_server.address) as client, pytest.raises(
+        InferenceServerError
+    ) as error:
+        client.infer(
+            "identity", {"x": np.ones(1, np.float32)}, timeout=0.05, parameters={"sleep_ms": 500}
+        )
+    assert error.value.status == "DEADLINE_EXCEEDED"
+
+
+def test_bearer_token_and_headers_are_sent(fake_server):
+    with InferenceClient(fake_server.address, token="s3cret", headers={"X-Team": "a"}) as client:
+        assert client.server_live()
+    seen = fake_server.state.seen_metadata[-1]
+    assert seen["authorization"] == "Bearer s3cret"
+    assert seen["x-team"] == "a"
+
+
+def test_client_cert_needs_key():
+    with pytest.raises(ValueError, match="together"):
+        InferenceClient("127.0.0.1:1", ssl_client_cert=b"cert")
+
+
+def test_max_message_size_is_enforced_client_side(fake_server):
+    big = {"x": np.zeros((300_000, 2), np.float32)}  # 2.4 MB
+    with InferenceClient(fake_server.address, max_message_mb=1) as client, pytest.raises(
+        InferenceServerError
+    ) as error:
+        client.infer("identity", big)
+    assert error.value.status == "RESOURCE_EXHAUSTED"
+    with InferenceClient(fake_server.address, max_message_mb=8) as client:
+        assert client.infer("identity", big)["x_out"].shape == (300_000, 2)
+
+
+def test_metadata_config_statistics_and_repository(fake_server):
+    with InferenceClient(fake_server.address) as client:
+        assert client.server_live() and client.server_ready()
+        assert client.server_metadata().extensions == ["statistics"]
+        assert client.model_ready("identity") and not client.model_ready("broken")
+        metadata = client.model_metadata("identity")
+        assert [(t.name, t.datatype, list(t.shape)) for t in metadata.inputs][0] == (
+            "x",
+            "FP32",
+            [-1, 2],
+        )
+        config = client.model_config("identity")
+        assert config.max_batch_size == 8
+        assert config.parameters["latency_table"].string_value
+        assert client.model_statistics("identity").model_stats[0].inference_count == 3
+
+        index = {m.name: m for m in client.repository_index()}
+        assert index["broken"].state == "UNAVAILABLE" and "corrupt" in index["broken"].reason
+        assert [m.name for m in client.repository_index(ready=True)] == ["identity"]
+
+        client.unload_model("identity")
+        assert not client.model_ready("identity")
+        client.load_model("identity")
+        assert client.model_ready("identity")
+        with pytest.raises(InferenceServerError, match="protobuf parsing failed"):
+            client.load_model("broken")
+        client.wait_until_ready(5, models=["identity"])
+        with pytest.raises(InferenceServerError, match="not ready"):
+            client.wait_until_ready(0.2, models=["broken"])
+
+
+def test_stream_infer_in_order_and_ends_on_half_close(fake_server):
+    requests = [{"x": np.full((1, 2), i, np.float32)} for i in range(200)]
+    with InferenceClient(fake_server.address) as client:
+        results = list(client.stream_infer("identity", iter(requests), max_in_flight=8))
+    assert [r["x_out"][0, 0] for r in results] == list(range(200))
+    assert fake_server.state.stream_events == ["open", "half-closed"]
+
+
+def test_stream_per_request_errors(fake_server):
+    def requests():
+        yield {"x": np.ones((1, 2), np.float32)}
+        yield {"x": np.ones((1, 2), np.float32)}
+
+    with InferenceClient(fake_server.address) as client:
+        outcomes = list(client.stream_infer_responses("identity", requests(), outputs=["nope"]))
+        assert all(isinstance(o, InferenceServerError) for o in outcomes)
+        assert "unknown output 'nope'" in str(outcomes[0])
+
+        with pytest.raises(InferenceServerError, match="not found"):
+            list(client.stream_infer("missing", requests()))
+
+
+def test_stream_input_iterator_failure_reaches_caller(fake_server):
+    def requests():
+        yield {"x": np.ones((1, 2), np.float32)}
+        raise RuntimeError("dataset file vanished")
+
+    with InferenceClient(fake_server.address) as client:
+        stream = client.stream_infer("identity", requests())
+        with pytest.raises(RuntimeError, match="vanished"):
+            list(stream)
+
+
+def test_stream_consumer_may_stop_early(fake_server):
+    endless = ({"x": np.full((1, 2), i, np.float32)} for i in range(10**9))
+    with InferenceClient(fake_server.address) as client:
+        stream = client.stream_infer("identity", endless, max_in_flight=4)
+        firsts = [next(stream)["x_out"][0, 0] for _ in range(5)]
+        stream.close()
+        assert firsts == [0, 1, 2, 3, 4]
+        assert client.server_live()  # the channel still works
+
+
+# -- asyncio -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["raw_output_contents", "typed_contents"])
+def test_async_infer_and_metadata(fake_server, typed):
+    fake_server.state.typed_outputs = typed
+
+    async def scenario():
+        async with AsyncInferenceClient(fake_server.address, token="t") as client:
+            assert await client.server_live() and await client.server_ready()
+            assert await client.model_ready("identity")
+            assert (await client.model_metadata("identity")).outputs[0].name == "x_out"
+            assert (await client.model_config("identity")).max_batch_size == 8
+            assert (await client.model_statistics()).model_stats
+            assert (await client.server_metadata()).name == "fake"
+            assert len(await client.repository_index()) == 2
+            await client.unload_model("identity")
+            await client.load_model("identity")
+            await client.wait_until_ready(5, models=["identity"])
+            outputs = await client.infer("identity", _inputs())
+            result = await client.infer_response("identity", _inputs(), request_id="a1")
+            return outputs, result
+
+    outputs, result = asyncio.run(scenario())
+    _assert_identity(outputs, _inputs())
+    assert result.id == "a1"
+    assert fake_server.state.seen_metadata[-1]["authorization"] == "Bearer t"
+
+
+def test_async_errors(fake_server, free_port):
+    async def scenario():
+        async with AsyncInferenceClient(fake_server.address) as client:
+            with pytest.raises(InferenceServerError) as missing:
+                await client.infer("nope", {"x": np.ones(1, np.float32)})
+            assert missing.value.status == "NOT_FOUND"
+            with pytest.raises(InferenceServerError) as late:
+                await client.infer(
+                    "identity", {"x": np.ones(1, np.float32)}, timeout=0.05,
+                    parameters={"sleep_ms": 500},
+                )
+            assert late.value.status == "DEADLINE_EXCEEDED"
+        async with AsyncInferenceClient(f"127.0.0.1:{free_port}") as client:
+            with pytest.raises(InferenceServerError) as refused:
+                await client.server_live(timeout=5)
+            assert refused.value.unreachable
+
+    asyncio.run(scenario())
+
+
+def test_async_stream_from_sync_and_async_iterables(fake_server):
+    async def produce(n):
+        for i in range(n):
+            yield {"x": np.full((1, 2), i, np.float32)}
+
+    async def scenario():
+        async with AsyncInferenceClient(fake_server.address) as client:
+            from_async = [
+                r["x_out"][0, 0]
+                async for r in client.stream_infer("identity", produce(100), max_in_flight=4)
+            ]
+            plain = [{"x": np.full((1, 2), i, np.float32)} for i in range(3)]
+            from_sync = [r["x_out"][0, 0] async for r in client.stream_infer("identity", plain)]
+            outcomes = [
+                o async for o in client.stream_infer_responses("missing", plain)
+            ]
+            return from_async, from_sync, outcomes
+
+    from_async, from_sync, outcomes = asyncio.run(scenario())
+    assert from_async == list(range(100))
+    assert from_sync == [0, 1, 2]
+    assert all(isinstance(o, InferenceServerError) for o in outcomes) and len(outcomes) == 3
+    assert fake_server.state.stream_events == ["open", "half-closed"] * 3
+
+
+def test_async_stream_input_failure_reaches_caller(fake_server):
+    async def produce():
+        yield {"x": np.ones((1, 2), np.float32)}
+        raise RuntimeError("dataset file vanished")
+
+    async def scenario():
+        async with AsyncInferenceClient(fake_server.address) as client:
+            return [r async for r in client.stream_infer("identity", produce())]
+
+    with pytest.raises(RuntimeError, match="vanished"):
+        asyncio.run(scenario())
