@@ -1,0 +1,215 @@
+"""`kairos bench`: load any Open Inference Protocol (KServe V2) gRPC server.
+
+Closed loop (`--concurrency N`: N requests always in flight) or open loop
+(`--rate R`: Poisson arrivals at R req/s, `--burst` for bursty arrivals,
+`--sweep R1,R2,...` for one point per offered rate). Reports throughput,
+latency p50/p90/p99/p99.9, goodput (answers within `--slo-ms` per second),
+errors by gRPC status (with how fast they came back), and, in open loop, how
+late the generator itself was against its schedule.
+
+Deadlines: by default every request carries a gRPC deadline equal to the SLO,
+so a deadline-aware server (Kairos) can refuse at once what it cannot answer
+in time, and the client stops waiting at the SLO. `--deadline-ms D` sends a
+different deadline (e.g. larger than the SLO, to see how late late answers
+are); `--deadline-ms 0` sends none (Kairos then uses the model's default SLO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .runner import BenchConfig, run
+from .schedule import parse_burst
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, not {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("rates must be positive")
+    return values
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected dims like 256 or 3x224x224, not {text!r}") from None
+
+
+def _parameter(text: str) -> tuple[str, Any]:
+    """KEY=VALUE; the value is an int, float, true/false or else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_argument_group("target")
+    target.add_argument("--url", default="127.0.0.1:8001", help="host:port of the gRPC server")
+    target.add_argument("--model", "-m", required=True, help="model name")
+    target.add_argument("--model-version", default="", help="version (default: the server's choice)")
+    target.add_argument("--rows", type=int, default=1, help="rows per request (batch dim); default 1")
+    target.add_argument("--input-shape", type=_shape, help="non-batch dims where metadata has -1, e.g. 256")
+    target.add_argument("--param", type=_parameter, action="append", default=[], metavar="KEY=VALUE",
+                        help="request parameter, e.g. priority=1 or timeout=5000 (us); repeatable")
+    load = parser.add_argument_group("load (one of)")
+    mode = load.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--concurrency", "-c", type=int, help="closed loop: requests in flight")
+    mode.add_argument("--rate", "-r", type=float, help="open loop: Poisson arrivals per second")
+    mode.add_argument("--sweep", type=_floats, help="open loop: one point per rate, e.g. 500,1000,2000")
+    load.add_argument("--burst", type=parse_burst, help="open loop arrivals 'batch:K' or 'onoff:ON_MS:OFF_MS'")
+    load.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    load.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
+    load.add_argument("--seed", type=int, default=0, help="seed of arrivals and input values")
+    slo = parser.add_argument_group("objective")
+    slo.add_argument("--slo-ms", type=float, default=10.0, help="latency objective for goodput")
+    slo.add_argument("--deadline-ms", type=float, help="gRPC deadline per request (default: the SLO; 0: none)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to FILE, or stdout)")
+    out.add_argument("--plot", type=Path, metavar="FILE.png", help="latency CDF (+ goodput vs offered load)")
+    out.add_argument("--no-server-stats", action="store_true", help="skip ModelStatistics batch counts")
+    out.add_argument("--metrics-url", help="Prometheus page to read kairos_dispatches_total from")
+    out.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                     help="event loop (auto: uvloop when installed)")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SystemExit("kairos bench: --concurrency must be >= 1")
+    if args.rows < 1:
+        raise SystemExit("kairos bench: --rows must be >= 1")
+    if args.burst is not None and args.concurrency is not None:
+        raise SystemExit("kairos bench: --burst needs open loop (--rate or --sweep)")
+    rates = args.sweep if args.sweep else ([args.rate] if args.rate is not None else [])
+    if args.rate is not None and args.rate <= 0:
+        raise SystemExit("kairos bench: --rate must be > 0")
+    return BenchConfig(
+        url=args.url,
+        model=args.model,
+        model_version=args.model_version,
+        concurrency=args.concurrency,
+        rates=rates,
+        burst=args.burst,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        slo_ms=args.slo_ms,
+        deadline_ms=args.deadline_ms,
+        rows=args.rows,
+        input_shape=args.input_shape,
+        seed=args.seed,
+        server_stats=not args.no_server_stats,
+        metrics_url=args.metrics_url,
+        parameters=dict(args.param),
+    )
+
+
+def format_point(point: dict[str, Any], slo_ms: float) -> str:
+    """A few human lines for one point."""
+    lat = point["latency_ms"]
+    head = (
+        f"offered {point['offered_rate']:g} req/s" if point["mode"] == "open"
+        else f"concurrency {point['concurrency']}"
+    )
+    lines = [
+        f"{head}: sent {point['send_rate']:.0f}/s, throughput {point['throughput']:.1f}/s, "
+        f"goodput@{slo_ms:g}ms {point['goodput']:.1f}/s ({point['slo_attainment'] * 100:.2f}% in SLO)",
+        "  latency ms  " + "  ".join(f"{k} {_ms(v)}" for k, v in lat.items()),
+    ]
+    if point["errors"]:
+        errs = ", ".join(
+            f"{name} {e['count']} (p50 {_ms(e['p50_ms'])} ms)" for name, e in point["errors"].items()
+        )
+        lines.append(f"  errors      {errs}")
+    if "lateness_ms" in point:
+        late = point["lateness_ms"]
+        flag = "" if point.get("kept_up", True) else "   << GENERATOR FELL BEHIND: results understate latency"
+        lines.append(f"  lateness ms p50 {_ms(late['p50'])}  p99 {_ms(late['p99'])}  max {_ms(late['max'])}{flag}")
+    gen = point.get("generator")
+    if gen:
+        lines.append(
+            f"  generator   cpu {gen['cpu_util'] * 100:.0f}%, {gen['cpu_us_per_request']:.0f} us/request "
+            f"(~{gen['capacity_rps'] or 0:.0f} req/s per core)"
+        )
+    batches = point.get("server_batches")
+    if batches and batches.get("executions"):
+        lines.append(
+            f"  server      {batches['executions']} executions, mean batch {batches['mean_batch_rows']} rows, "
+            f"batch-1 share {batches['gemv_share_executions'] * 100:.1f}% of executions"
+        )
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def execute(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.plot is not None:  # fail before the run, not after it
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+    result = run(cfg, loop=args.loop)
+    if args.json is not None:
+        text = json.dumps(result, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if args.json != "-":
+        print(f"kairos bench: {cfg.model} at {cfg.url}, {cfg.rows} row(s)/request, "
+              f"deadline {result['config']['deadline_ms'] or 'none'} ms, loop {result['config']['loop']}")
+        for point in result["points"]:
+            print(format_point(point, cfg.slo_ms))
+    if args.plot is not None:
+        from .plot import plot_result
+
+        plot_result(result, args.plot)
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `bench` subcommand to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="load-test a V2 gRPC server (latency, goodput, refusals)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=execute, handler=execute)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kairos bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return execute(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error, not a traceback, for the operator
+        import grpc
+
+        if isinstance(exc, grpc.RpcError | ValueError | TimeoutError | OSError):
+            print(f"kairos bench: {exc}", file=sys.stderr)
+            return 1
+        raise

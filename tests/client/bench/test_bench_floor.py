@@ -1,0 +1,129 @@
+"""`kairos bench` against the floor server (bench/floor_server.py) in a child process.
+
+Behaviour only: the machine is shared, so nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kairos.client.bench import BenchConfig, run
+from kairos.client.bench import cli as bench_cli
+
+ROOT = Path(__file__).resolve().parents[3]
+FLOOR = ROOT / "bench" / "floor_server.py"
+
+
+@pytest.fixture(scope="module")
+def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port_file = tmp_path_factory.mktemp("floor") / "port.json"
+    process = subprocess.Popen(
+        [sys.executable, str(FLOOR), "--port", "0", "--port-file", str(port_file)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"floor server did not start: {process.stderr.read().decode()}")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{json.loads(port_file.read_text())['grpc_port']}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _config(url: str, **changes) -> BenchConfig:
+    base = {"url": url, "model": "mlp256", "duration_s": 0.4, "warmup_s": 0.1, "slo_ms": 1000.0}
+    return BenchConfig(**{**base, **changes})
+
+
+def test_closed_loop_answers_everything_within_the_slo(floor: str) -> None:
+    result = run(_config(floor, concurrency=4), loop="asyncio")
+    (point,) = result["points"]
+    assert point["mode"] == "closed" and point["concurrency"] == 4
+    assert point["ok"] == point["requests"] > 0
+    assert point["errors"] == {}
+    assert point["goodput"] == point["throughput"] > 0
+    assert point["latency_ms"]["p50"] <= point["latency_ms"]["p99"] <= point["latency_ms"]["max"]
+    assert point["generator"]["cpu_us_per_request"] > 0
+    # The floor answers ModelStatistics with no models: no batch counts, but no failure.
+    assert point["server_batches"]["executions"] == 0
+
+
+def test_open_loop_sweep_reports_one_point_per_rate_with_lateness(floor: str) -> None:
+    result = run(_config(floor, rates=[100.0, 200.0], rows=3), loop="auto")
+    assert [p["offered_rate"] for p in result["points"]] == [100.0, 200.0]
+    for point in result["points"]:
+        assert point["mode"] == "open" and point["ok"] > 0
+        assert point["lateness_ms"]["p50"] is not None
+        assert point["rows_per_s"] == pytest.approx(3 * point["throughput"])
+    assert result["config"]["deadline_ms"] == 1000.0  # the SLO travels as the gRPC deadline
+
+
+def test_a_deadline_shorter_than_the_answer_is_counted_by_status(floor: str) -> None:
+    config = _config(floor, rates=[200.0], deadline_ms=5.0, parameters={"delay_ms": 50.0})
+    result = run(config, loop="asyncio")
+    (point,) = result["points"]
+    assert point["ok"] == 0 and point["goodput"] == 0
+    assert point["errors"]["DEADLINE_EXCEEDED"]["count"] == point["requests"] > 0
+    assert 4.0 < point["errors"]["DEADLINE_EXCEEDED"]["p50_ms"] < 50.0  # cut at the deadline
+
+
+def test_bursty_arrivals_run(floor: str) -> None:
+    result = run(_config(floor, rates=[200.0], burst=bench_cli.parse_burst("batch:5")), loop="asyncio")
+    assert result["points"][0]["burst"] == "batch:5"
+    assert result["points"][0]["ok"] > 0
+
+
+def test_cli_writes_json_and_a_plot(floor: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    plot = tmp_path / "bench.png"
+    code = bench_cli.main([
+        "--url", floor, "-m", "mlp256", "--sweep", "100,150", "--duration", "0.3", "--warmup", "0.1",
+        "--json", "--plot", str(plot),
+    ])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["points"]) == 2
+    assert plot.stat().st_size > 1000
+
+
+def test_cli_prints_a_human_summary(floor: str, capsys: pytest.CaptureFixture) -> None:
+    code = bench_cli.main(["--url", floor, "-m", "mlp256", "-c", "1", "--duration", "0.3",
+                           "--warmup", "0.1", "--deadline-ms", "0", "--param", "delay_ms=1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "concurrency 1" in out and "goodput@10ms" in out and "deadline none" in out
+
+
+def test_an_unknown_model_is_a_clear_error(floor: str, capsys: pytest.CaptureFixture) -> None:
+    code = bench_cli.main(["--url", floor, "-m", "nope", "-c", "1", "--duration", "0.2"])
+    assert code == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_register_adds_the_bench_subcommand() -> None:
+    parser = argparse.ArgumentParser(prog="kairos")
+    bench_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "-m", "m", "--rate", "50", "--burst", "onoff:5:5"])
+    assert args.command == "bench" and args.rate == 50.0 and args.burst.kind == "onoff"
+    assert callable(args.func)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "-m", "m", "--rate", "5", "-c", "2"])  # one mode only
+
+
+def test_python_m_runs_the_generator(floor: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kairos.client.bench", "--url", floor, "-m", "mlp256", "-c", "2",
+         "--duration", "0.3", "--warmup", "0.1", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["points"][0]["ok"] > 0
