@@ -1,0 +1,64 @@
+"""Model config files: defaults, YAML and TOML, and errors that name the problem."""
+
+from __future__ import annotations
+
+import pytest
+from kairos.server.repository.config import (
+    ConfigError,
+    VersionPolicy,
+    load_settings,
+    parse_settings,
+)
+
+
+def test_defaults_without_a_config_file(tmp_path):
+    settings = load_settings(tmp_path)
+    assert settings.max_batch_size is None
+    assert settings.providers == ["CPUExecutionProvider"]
+    assert settings.scheduling.policy == "slo"
+
+
+def test_yaml_and_toml(tmp_path):
+    (tmp_path / "config.yaml").write_text(
+        "max_batch_size: 8\nslo_ms: 5\nscheduling:\n  policy: fixed\n  max_queue_delay_ms: 2\n"
+    )
+    settings = load_settings(tmp_path)
+    assert (settings.max_batch_size, settings.slo_ms) == (8, 5)
+    assert settings.scheduling.policy == "fixed"
+    assert settings.scheduling.max_queue_delay_ms == 2.0
+    (tmp_path / "config.yaml").unlink()
+    (tmp_path / "config.toml").write_text('intra_op_threads = 2\nversion_policy = "all"\n')
+    settings = load_settings(tmp_path)
+    assert settings.intra_op_threads == 2 and settings.version_policy.kind == "all"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"max_batch_sise": 8}, "unknown setting 'max_batch_sise'"),
+        ({"max_batch_size": -1}, "max_batch_size"),
+        ({"slo_ms": 0}, "slo_ms"),
+        ({"graph_optimization": "max"}, "graph_optimization"),
+        ({"intra_op_threads": "two"}, "'intra_op_threads' must be int"),
+        ({"scheduling": {"policy": "greedy"}}, "scheduling.policy"),
+        ({"version_policy": {"latest": 0}}, "version_policy"),
+        ({"providers": "CPUExecutionProvider"}, "providers"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_reason(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(data, "m/config.yaml")
+
+
+def test_unparseable_file_names_the_file(tmp_path):
+    (tmp_path / "config.yaml").write_text("max_batch_size: [unclosed\n")
+    with pytest.raises(ConfigError, match="config.yaml: cannot parse"):
+        load_settings(tmp_path)
+
+
+def test_version_policies_select_versions():
+    on_disk = [3, 1, 2]
+    assert VersionPolicy().select(on_disk) == [3]
+    assert VersionPolicy(kind="latest", latest=2).select(on_disk) == [2, 3]
+    assert VersionPolicy(kind="all").select(on_disk) == [1, 2, 3]
+    assert VersionPolicy(kind="specific", specific=[1, 7]).select(on_disk) == [1]
