@@ -36,6 +36,7 @@ reassembles the parts in order.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Hashable, Iterable
@@ -185,6 +186,9 @@ class SchedulerCore:
         self.online_budget = _INF  # tightest relative deadline of an online request seen
         self.counts = CoreCounts()
         self._seq = 0
+        self._op: tuple[int, int] = (self.cap, self.cap)
+        self._op_table: list[float] | None = None
+        self._op_budget = _INF
 
     # -- admission --------------------------------------------------------
 
@@ -248,7 +252,10 @@ class SchedulerCore:
     def _serve_time(self, rows: int) -> float:
         """Predicted time to serve `rows` rows queued on the executors."""
         latency = self.latency
-        total = latency.drain_time(rows) if self.batching else rows * latency.predict(1)
+        if self.batching:
+            total = latency.drain_time(rows, self._operating_point()[1])
+        else:
+            total = rows * latency.predict(1)
         if self.executors > 1 and rows > 1:
             single = latency.predict(min(rows, self.cap))
             total = max(single, total * latency.concurrency_factor / self.executors)
@@ -416,14 +423,41 @@ class SchedulerCore:
         ticket.state = RUNNING
 
     def _take_slo(self, lane: _Lane, now: float) -> tuple[list, int]:
+        """Greedy EDF batch; if a tight head would cut it so short that the requests
+        behind it miss their next batch too (the overload spiral of small batches),
+        expire the tight heads and take a batch of the size the load needs."""
+        rank = lane.heap[0][0]
+        cap = self._slo_cap(lane)
+        items, rows, cut = self._greedy(lane, now, cap)
+        if not cut or not self.predictive:
+            return items, rows
+        head = self._clean_head(lane, now)
+        if head is None or head[0] != rank:
+            return items, rows
+        table = self.latency.table_list
+        b_slo, _ = self._operating_point()
+        pending = lane.online_rows if rank == ONLINE else lane.rows - lane.online_rows
+        follow = min(pending, cap, b_slo)
+        if head[2] - now - table[rows] >= table[follow]:
+            return items, rows  # serving the tight head first harms nobody
+        self._undo(lane, items)
+        self._drop_tight(lane, now, rank, table[min(pending + rows, cap, b_slo)])
+        if not lane.heap or lane.live <= 0:
+            return [], 0
+        items, rows, _ = self._greedy(lane, now, cap)
+        return items, rows
+
+    def _greedy(self, lane: _Lane, now: float, cap: int) -> tuple[list, int, bool]:
+        """Take requests in queue order while the batch still finishes before every
+        included deadline. Returns (items, rows, cut): cut when a deadline, not the
+        cap or the queue, ended the batch."""
         heap = lane.heap
         table = self.latency.table_list
-        cap = self._slo_cap(lane)
         rank = heap[0][0]
         budget = _INF  # latest allowed finish, minus now
         if rank == BATCH:
             if self.queued_online_rows > 0:
-                return [], 0
+                return [], 0, False
             budget = self.online_budget / 2
         items: list = []
         rows = 0
@@ -452,17 +486,67 @@ class SchedulerCore:
                     # a lone piece runs even when over budget: work must progress
                     take = fit if fit > 0 or items else 1
                 elif items:
-                    break
+                    return items, rows, True
                 # else: a lone request that cannot fit runs anyway (admission is off)
                 if take <= 0:
-                    break
+                    return items, rows, True
             self._give(lane, ticket, items, take)
             rows += take
             if limit < budget:
                 budget = limit
             if ticket.taken < ticket.rows:
                 break
-        return items, rows
+        return items, rows, False
+
+    def _undo(self, lane: _Lane, items: list) -> None:
+        """Put a batch that will not run back in the queue."""
+        for ticket, start, stop in reversed(items):
+            take = stop - start
+            if ticket.taken >= ticket.rows:  # was popped: back on the heap
+                heapq.heappush(lane.heap, ticket.entry)
+                lane.live += 1
+                self.queued_requests += 1
+            ticket.taken -= take
+            if ticket.taken == 0:
+                ticket.state = QUEUED
+            lane.rows += take
+            self.queued_rows += take
+            if ticket.rank == ONLINE:
+                lane.online_rows += take
+                self.queued_online_rows += take
+
+    def _drop_tight(self, lane: _Lane, now: float, rank: int, need: float) -> None:
+        """Expire head requests with less than `need` seconds of slack."""
+        heap = lane.heap
+        while heap:
+            entry = heap[0]
+            ticket = entry[4]
+            if self._pending(ticket):
+                if entry[0] != rank or entry[2] - now >= need:
+                    return
+                self._expire(ticket)
+            heapq.heappop(heap)
+
+    def _operating_point(self) -> tuple[int, int]:
+        """(b_slo, best): the largest batch whose L(b) fits half the tightest online
+        budget (a request waits for one batch, then runs in the next), and the
+        highest-throughput size up to it. Cached until the table or budget changes."""
+        table = self.latency.table_list
+        budget = self.online_budget
+        if table is self._op_table and budget == self._op_budget:
+            return self._op
+        half = budget / 2
+        cap = self.cap
+        b_slo = max(1, bisect.bisect_right(table, half, 1, cap + 1) - 1)
+        best, best_rate = 1, 0.0
+        for b in range(1, b_slo + 1):
+            rate = b / table[b] if table[b] > 0 else _INF
+            if rate > best_rate:
+                best, best_rate = b, rate
+        self._op = (b_slo, best)
+        self._op_table = table
+        self._op_budget = budget
+        return self._op
 
     @staticmethod
     def _fit(table: list[float], rows: int, take: int, limit: float) -> int:
@@ -557,7 +641,8 @@ class SchedulerCore:
             "max_batch_size": self.cap if self.batching else 0,
             "latency_quantile": self.latency.quantile,
             "latency_table": self.latency.table(),
-            "best_batch_size": self.latency.best_rows,
+            "slo_batch_size": self._operating_point()[0],
+            "best_batch_size": self._operating_point()[1],
             "concurrency_factor": self.latency.concurrency_factor,
             "queue": {"requests": self.queued_requests, "rows": self.queued_rows},
             "counts": {

@@ -79,11 +79,12 @@ class LatencyModel:
     def known(self) -> bool:
         return bool(self._bucket_q)
 
-    def drain_time(self, rows: int) -> float:
-        """Predicted time to serve `rows` queued rows in batches of the best size."""
+    def drain_time(self, rows: int, best: int | None = None) -> float:
+        """Predicted time to serve `rows` queued rows in batches of `best` rows
+        (default: the highest-throughput size)."""
         if rows <= 0:
             return 0.0
-        best = self.best_rows
+        best = best or self.best_rows
         full, rest = divmod(rows, best)
         table = self._table
         return full * table[best] + (table[rest] if rest else 0.0)

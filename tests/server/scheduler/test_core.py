@@ -1,0 +1,286 @@
+"""The pure core, driven by hand: EDF order, classes, admission, expiry, cancel, policies."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.errors import DeadlineExceeded, Refused
+from server.scheduler.core import CANCELLED, DONE, EXPIRED, SchedulerCore
+from server.scheduler.latency import LatencyModel
+
+
+def linear_model(max_batch: int, a: float = 0.001, c: float = 0.0001) -> LatencyModel:
+    model = LatencyModel(max_batch)
+    for b in model.buckets:
+        for _ in range(5):
+            model.observe(b, a + c * b)
+    return model
+
+
+def make_core(max_batch: int = 8, **kwargs) -> SchedulerCore:
+    return SchedulerCore(latency=linear_model(max(1, max_batch)), max_batch_size=max_batch, **kwargs)
+
+
+def ids(batch) -> list[str]:
+    return [t.request.request_id for t in batch.tickets]
+
+
+def occupy(core, req, clock):
+    """Start a batch so the only executor is busy; returns it."""
+    core.admit(req(-1, request_id="busy"), clock.now())
+    batch = core.next_batch(clock.now())
+    assert batch is not None and ids(batch) == ["busy"]
+    return batch
+
+
+def test_idle_server_runs_a_lone_request_at_once(clock, req):
+    core = make_core()
+    core.admit(req(request_id="a"), clock.now())
+    batch = core.next_batch(clock.now())
+    assert ids(batch) == ["a"] and batch.rows == 1
+    assert core.next_batch(clock.now()) is None  # the one executor is busy
+
+
+def test_queue_is_edf_within_priority_and_online_before_batch(clock, req):
+    core = make_core(max_batch=1, early_refusal=False)
+    now = clock.now()
+    specs = [
+        ("late", dict(slo=0.009)),
+        ("early", dict(slo=0.004)),
+        ("mid", dict(slo=0.006)),
+        ("urgent-priority", dict(slo=0.008, priority=-1)),
+        ("batch-class", dict(slo=0.002, klass="batch")),
+        ("low-priority", dict(slo=0.003, priority=5)),
+    ]
+    for name, fields in specs:
+        core.admit(req(request_id=name, **fields), now)
+    order = []
+    while (batch := core.next_batch(now)) is not None:
+        order += ids(batch)
+        core.finish(batch, now, 0.0)
+    assert order == ["urgent-priority", "early", "mid", "late", "low-priority", "batch-class"]
+
+
+def test_batch_is_largest_that_meets_every_deadline(clock, req):
+    core = make_core(max_batch=8)  # L(b) = 1 ms + 0.1 ms * b
+    now = clock.now()
+    core.admit(req(request_id="tight", slo=0.0013), now)  # fits a batch of <= 3
+    for i in range(5):
+        core.admit(req(request_id=f"r{i}", slo=0.010), now)
+    batch = core.next_batch(now)
+    assert ids(batch) == ["tight", "r0", "r1"]
+    assert batch.predicted == pytest.approx(0.0013)
+
+
+def test_batch_never_exceeds_max_batch_size(clock, req):
+    core = make_core(max_batch=4)
+    busy = occupy(core, req, clock)
+    for i in range(10):
+        core.admit(req(i, request_id=str(i), slo=1.0), clock.now())
+    core.finish(busy, clock.now(), 0.0)
+    assert core.next_batch(clock.now()).rows == 4
+
+
+def test_never_merges_different_shape_keys(clock, req):
+    core = make_core(max_batch=8)
+    busy = occupy(core, req, clock)
+    for i in range(6):
+        core.admit(req(request_id=f"{i}", shape_key=(i % 2,), slo=0.05), clock.now())
+    core.finish(busy, clock.now(), 0.0)
+    first = core.next_batch(clock.now())
+    core.finish(first, clock.now(), 0.0)
+    second = core.next_batch(clock.now())
+    assert {t.request.shape_key for t in first.tickets} == {(0,)}
+    assert {t.request.shape_key for t in second.tickets} == {(1,)}
+    assert first.rows == second.rows == 3
+
+
+def test_admission_refuses_what_cannot_make_its_deadline(clock, req):
+    core = make_core(max_batch=8)
+    occupy(core, req, clock)  # busy for L(1) = 1.1 ms
+    with pytest.raises(Refused, match="cannot meet deadline"):
+        core.admit(req(slo=0.002), clock.now())  # 1.1 ms wait + 1.1 ms run > 2 ms
+    core.admit(req(slo=0.0023), clock.now())
+    assert core.counts.refused_deadline == 1
+
+
+def test_admission_counts_queued_work_ahead(clock, req):
+    core = make_core(max_batch=4)
+    occupy(core, req, clock)
+    for _ in range(8):
+        core.admit(req(slo=1.0), clock.now())
+    # 1.1 ms wait + two batches of 4 (1.4 ms each) + L(1) for the ninth = 5.0 ms
+    assert core.predicted_finish(1, clock.now()) - clock.now() == pytest.approx(0.005)
+    with pytest.raises(Refused):
+        core.admit(req(slo=0.0049), clock.now())
+    core.admit(req(slo=0.0051), clock.now())
+
+
+def test_full_queue_is_refused(clock, req):
+    core = make_core(max_batch=8, max_queued_rows=4)
+    core.admit(req(rows=3, slo=1.0), clock.now())
+    core.admit(req(rows=1, slo=1.0), clock.now())
+    with pytest.raises(Refused, match="queue full"):
+        core.admit(req(slo=1.0), clock.now())
+    assert core.counts.refused_queue_full == 1
+
+
+def test_queued_request_that_became_unreachable_expires_without_running(clock, req):
+    core = make_core(max_batch=8)
+    busy = occupy(core, req, clock)
+    doomed = core.admit(req(request_id="doomed", slo=0.003), clock.now())
+    fine = core.admit(req(request_id="fine", slo=0.050), clock.now())
+    clock.advance(0.002)  # the busy batch overran: doomed now needs 1.1 ms with 1 ms left
+    core.finish(busy, clock.now(), 0.002)
+    batch = core.next_batch(clock.now())
+    assert ids(batch) == ["fine"]
+    assert core.expired == [doomed] and doomed.state == EXPIRED
+    assert fine.state != EXPIRED and core.counts.expired == 1
+
+
+def test_without_early_refusal_only_past_deadlines_expire(clock, req):
+    core = make_core(max_batch=8, policy="fixed", max_queue_delay_s=0.0)
+    assert not core.predictive
+    busy = occupy(core, req, clock)
+    late = core.admit(req(request_id="late", slo=0.003), clock.now())
+    clock.advance(0.0025)
+    core.finish(busy, clock.now(), 0.0025)
+    assert ids(core.next_batch(clock.now())) == ["late"]  # will be late, but runs
+    assert late.state != EXPIRED
+    with pytest.raises(DeadlineExceeded):
+        core.admit(req(slo=0.0), clock.now())
+
+
+def test_cancelled_request_leaves_the_queue(clock, req):
+    core = make_core(max_batch=8)
+    busy = occupy(core, req, clock)
+    gone = core.admit(req(request_id="gone", slo=0.05), clock.now())
+    core.admit(req(request_id="kept", slo=0.05), clock.now())
+    assert core.cancel(gone)
+    assert gone.state == CANCELLED and core.queued_rows == 1 and core.queued_requests == 1
+    assert not core.cancel(gone)  # idempotent
+    core.finish(busy, clock.now(), 0.001)
+    assert ids(core.next_batch(clock.now())) == ["kept"]
+
+
+def test_finish_completes_tickets_and_teaches_latency(clock, req):
+    core = make_core(max_batch=8)
+    ticket = core.admit(req(), clock.now())
+    batch = core.next_batch(clock.now())
+    before = core.latency.observations
+    assert core.finish(batch, clock.now(), 0.0011) == [ticket]
+    assert ticket.state == DONE and core.idle()
+    assert core.latency.observations == before + 1
+
+
+def test_failed_batch_fails_its_requests_and_frees_the_executor(clock, req):
+    core = make_core(max_batch=8)
+    ticket = core.admit(req(), clock.now())
+    batch = core.next_batch(clock.now())
+    assert core.fail(batch, clock.now()) == [ticket]
+    assert core.free == 1 and core.counts.failed == 1
+
+
+def test_policy_none_runs_one_request_per_execution(clock, req):
+    core = make_core(max_batch=8, policy="none")
+    busy = occupy(core, req, clock)
+    for _ in range(3):
+        core.admit(req(rows=2, slo=1.0), clock.now())
+    core.finish(busy, clock.now(), 0.0)
+    assert core.next_batch(clock.now()).rows == 2
+
+
+def test_model_without_batch_dim_runs_one_request_each(clock, req):
+    core = make_core(max_batch=0)
+    busy = occupy(core, req, clock)
+    for _ in range(3):
+        core.admit(req(slo=1.0), clock.now())
+    core.finish(busy, clock.now(), 0.0)
+    batch = core.next_batch(clock.now())
+    assert batch.rows == 1 and len(batch.items) == 1
+
+
+def test_fixed_policy_waits_for_preferred_size_or_delay(clock, req):
+    core = make_core(max_batch=8, policy="fixed", max_queue_delay_s=0.001, preferred_batch_sizes=[4])
+    core.admit(req(slo=1.0), clock.now())
+    assert core.next_batch(clock.now()) is None
+    assert core.wakeup == pytest.approx(clock.now() + 0.001)
+    clock.advance(0.0005)
+    for _ in range(3):
+        core.admit(req(slo=1.0), clock.now())
+    batch = core.next_batch(clock.now())  # preferred size reached: go now
+    assert batch.rows == 4
+    core.finish(batch, clock.now(), 0.0)
+    core.admit(req(slo=1.0), clock.now())
+    assert core.next_batch(clock.now()) is None
+    clock.advance(0.001)
+    assert core.next_batch(clock.now()).rows == 1  # waited max_queue_delay
+
+
+def test_batch_class_waits_for_online_and_is_split_into_pieces(clock, req):
+    core = make_core(max_batch=64)
+    core.admit(req(request_id="online", slo=0.004), clock.now())  # online budget 4 ms
+    big = core.admit(req(request_id="bulk", rows=100, slo=60.0, klass="batch"), clock.now())
+    first = core.next_batch(clock.now())
+    assert ids(first) == ["online"]
+    core.finish(first, clock.now(), 0.0011)
+    pieces = []
+    while (batch := core.next_batch(clock.now())) is not None:
+        # a piece takes at most half the tightest online budget: 1 ms + 0.1 ms * 10
+        assert batch.predicted <= 0.002 + 1e-12
+        pieces.append((batch.items[0][1], batch.items[0][2]))
+        core.finish(batch, clock.now(), batch.predicted)
+    assert pieces[0] == (0, 10) and pieces[-1][1] == 100 and len(pieces) == 10
+    assert big.state == DONE
+
+
+def test_batch_class_yields_when_online_work_arrives(clock, req):
+    core = make_core(max_batch=64)
+    core.admit(req(request_id="bulk", rows=40, slo=60.0, klass="batch"), clock.now())
+    piece = core.next_batch(clock.now())
+    core.admit(req(request_id="online", slo=0.01), clock.now())
+    core.finish(piece, clock.now(), piece.predicted)
+    assert ids(core.next_batch(clock.now())) == ["online"]
+
+
+def test_online_request_larger_than_max_batch_is_split(clock, req):
+    core = make_core(max_batch=4)
+    ticket = core.admit(req(rows=10, slo=1.0), clock.now())
+    sizes = []
+    while (batch := core.next_batch(clock.now())) is not None:
+        sizes.append(batch.rows)
+        core.finish(batch, clock.now(), 0.0)
+    assert sizes == [4, 4, 2] and ticket.state == DONE
+
+
+def test_two_free_executors_split_when_the_model_says_it_pays(clock, req):
+    # Two executors that really run in parallel: two batches of 4 finish sooner than one of 8.
+    core = SchedulerCore(latency=linear_model(8, a=0.002, c=0.00001), max_batch_size=8, executors=2)
+    for _ in range(8):
+        core.admit(req(slo=1.0), clock.now())
+    first, second = core.next_batch(clock.now()), core.next_batch(clock.now())
+    assert (first.rows, second.rows) == (4, 4)
+    assert first.concurrent and second.concurrent
+    # Executors that share a core (runs overlapping took 1.9x as long, learned online):
+    # a GEMV-bound model is better off with one batch of 8.
+    core = SchedulerCore(latency=linear_model(8, a=0.002, c=0.00001), max_batch_size=8, executors=2)
+    for _ in range(100):
+        core.latency.observe(4, 0.0019 * 2.04, concurrent=True)
+    for _ in range(8):
+        core.admit(req(slo=1.0), clock.now())
+    assert core.next_batch(clock.now()).rows == 8
+
+
+def test_describe_reports_policy_table_queue_and_counts(clock, req):
+    core = make_core(max_batch=8)
+    core.admit(req(), clock.now())
+    info = core.describe()
+    assert info["policy"] == "slo" and info["max_batch_size"] == 8
+    assert [row["batch_size"] for row in info["latency_table"]] == [1, 2, 4, 8]
+    assert info["queue"] == {"requests": 1, "rows": 1}
+    assert info["counts"]["admitted"] == 1
+
+
+def test_unknown_policy_is_rejected():
+    with pytest.raises(ValueError, match="policy"):
+        make_core(policy="magic")
