@@ -25,6 +25,8 @@ PLUGINS: tuple[tuple[str, str, str], ...] = (
     ("optimize", "kairos.optimize.cli", "make int8/fp16/pruned/distilled variants of a model"),
 )
 BUILTIN = ("serve", "infer", "models", "demo")
+# Commands that could not be set up in the last `build_parser`, and why.
+_UNAVAILABLE: dict[str, str] = {}
 
 
 def _requested_command(argv: Sequence[str]) -> str | None:
@@ -33,17 +35,11 @@ def _requested_command(argv: Sequence[str]) -> str | None:
 
 
 def _placeholder(subparsers: argparse._SubParsersAction, name: str, reason: str) -> None:
-    """A subcommand that only explains why the real one is unavailable."""
-
-    def unavailable(args: argparse.Namespace) -> int:
-        print(f"error: `kairos {name}` is not available: {reason}", file=sys.stderr)
-        return EXIT_FAILED
-
-    parser = subparsers.choices.get(name)
-    if parser is None:
-        parser = subparsers.add_parser(name, help=f"(unavailable) {reason}", add_help=False)
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    parser.set_defaults(func=unavailable)
+    """A subcommand that only explains why the real one is unavailable (`main` answers it
+    before parsing, so whatever flags follow it are not rejected first)."""
+    _UNAVAILABLE[name] = reason
+    if name not in subparsers.choices:
+        subparsers.add_parser(name, help=f"(unavailable) {reason}", add_help=False)
 
 
 def _register_plugin(
@@ -51,8 +47,7 @@ def _register_plugin(
 ) -> None:
     if not load:
         # Not the command being run: list it without importing its module.
-        stub = subparsers.add_parser(name, help=help, add_help=False)
-        stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        subparsers.add_parser(name, help=help, add_help=False)
         return
     try:
         module = importlib.import_module(module_name)
@@ -78,7 +73,6 @@ def _add_serve(subparsers: argparse._SubParsersAction, load: bool) -> None:
         # Imported only for `kairos serve`: the client never loads server code otherwise.
         from kairos.server.app import add_arguments
     except Exception as exc:
-        parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         _placeholder(subparsers, "serve", f"the server package cannot be imported ({exc})")
         return
     add_arguments(parser)
@@ -96,6 +90,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from . import demo, infer, models
 
     requested = _requested_command(argv)
+    _UNAVAILABLE.clear()
     parser = argparse.ArgumentParser(
         prog="kairos",
         description="Kairos: a latency-aware Open Inference Protocol (KServe V2) server and client.",
@@ -125,6 +120,10 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
+    command = _requested_command(argv)
+    if command in _UNAVAILABLE:
+        print(f"error: `kairos {command}` is not available: {_UNAVAILABLE[command]}", file=sys.stderr)
+        return EXIT_FAILED
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int | None] | None = getattr(args, "func", None)
     if func is None:

@@ -228,3 +228,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- a real Kairos server ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kairos_server(tmp_path_factory):
+    """`python -m kairos.server` on free ports over the standard test repository (one per
+    session: it starts in well under a second). Tests that unload a model load it back."""
+    from kairos_testing.models import standard_repository
+    from kairos_testing.server import running_server
+
+    repo = standard_repository(tmp_path_factory.mktemp("client-repo") / "repo")
+    with running_server(repo) as server:
+        yield server

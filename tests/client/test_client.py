@@ -273,3 +273,101 @@ def test_async_stream_input_failure_reaches_caller(fake_server):
 
     with pytest.raises(RuntimeError, match="vanished"):
         asyncio.run(scenario())
+
+
+# -- against a real Kairos server ----------------------------------------------------------
+
+KAIROS_CASES = {
+    "identity_fp32": np.arange(8, dtype=np.float32).reshape(2, 4) / 3,
+    "identity_fp16": np.arange(8, dtype=np.float16).reshape(2, 4) / 3,
+    "identity_fp64": np.arange(8, dtype=np.float64).reshape(2, 4) / 3,
+    "identity_int64": np.array([[1, -2, 3, 2**40]], dtype=np.int64),
+    "identity_uint8": np.array([[0, 1, 254, 255]], dtype=np.uint8),
+    "identity_bytes": np.array([[b"hello", "w\u00f6rld".encode()]], dtype=np.object_),
+}
+
+
+@pytest.mark.parametrize("model", sorted(KAIROS_CASES))
+def test_kairos_infer_datatypes(kairos_server, model):
+    data = KAIROS_CASES[model]
+    with InferenceClient(kairos_server.address) as client:
+        result = client.infer_response(model, {"input": data}, request_id=f"id-{model}")
+    assert result.id == f"id-{model}" and result.model_version == "1"
+    output = result.outputs["output"]
+    assert output.dtype == data.dtype and output.tolist() == data.tolist()
+
+
+def test_kairos_multi_output_subset_and_bool(kairos_server):
+    a = np.arange(8, dtype=np.float32).reshape(2, 4)
+    b = np.ones((2, 4), np.float32)
+    with InferenceClient(kairos_server.address) as client:
+        both = client.infer("add_sub", {"a": a, "b": b})
+        only = client.infer("add_sub", {"a": a, "b": b}, outputs=["difference"])
+        flags = client.infer("not_bool", {"input": np.array([[True, False, True]])})["output"]
+        cast = client.infer("cast_int64_fp32", {"input": np.array([[1, 2, 3]], np.int64)})
+    np.testing.assert_array_equal(both["sum"], a + b)
+    np.testing.assert_array_equal(both["difference"], a - b)
+    assert list(only) == ["difference"]
+    assert flags.tolist() == [[False, True, False]]
+    assert cast["output"].dtype == np.float32 and cast["output"].tolist() == [[1, 2, 3]]
+
+
+def test_kairos_errors_are_readable(kairos_server):
+    with InferenceClient(kairos_server.address) as client:
+        with pytest.raises(InferenceServerError) as missing:
+            client.infer("no_such_model", {"input": np.ones((1, 4), np.float32)})
+        assert missing.value.status == "NOT_FOUND"
+        with pytest.raises(InferenceServerError) as wrong:
+            client.infer("identity_fp32", {"input": np.ones((1, 4), np.int64)})
+        assert wrong.value.status == "INVALID_ARGUMENT" and "input" in wrong.value.message
+        with pytest.raises(InferenceServerError) as broken:
+            client.infer("broken", {"input": np.ones((1, 4), np.float32)})
+        assert broken.value.status == "UNAVAILABLE" and not broken.value.unreachable
+        index = {m.name: m for m in client.repository_index()}
+        assert index["broken"].state == "UNAVAILABLE" and index["broken"].reason
+        assert index["identity_fp32"].state == "READY"
+
+
+def test_kairos_metadata_config_statistics(kairos_server):
+    with InferenceClient(kairos_server.address) as client:
+        assert client.server_live() and client.server_ready()
+        assert client.server_metadata().name
+        metadata = client.model_metadata("add_sub")
+        assert [t.name for t in metadata.inputs] == ["a", "b"]
+        assert list(metadata.inputs[0].shape) == [-1, 4]
+        config = client.model_config("add_sub")
+        assert config.max_batch_size > 0 and list(config.input[0].dims) == [4]
+        before = client.model_statistics("identity_fp32").model_stats[0].inference_count
+        client.infer("identity_fp32", {"input": np.ones((3, 4), np.float32)})
+        after = client.model_statistics("identity_fp32").model_stats[0].inference_count
+        assert after > before
+
+
+def test_kairos_unload_and_load(kairos_server):
+    with InferenceClient(kairos_server.address) as client:
+        client.unload_model("identity_uint8")
+        try:
+            assert not client.model_ready("identity_uint8")
+            with pytest.raises(InferenceServerError):
+                client.infer("identity_uint8", {"input": np.ones((1, 4), np.uint8)})
+        finally:
+            client.load_model("identity_uint8")
+        assert client.model_ready("identity_uint8")
+
+
+def test_kairos_streaming_sync_and_async(kairos_server):
+    rows = [{"input": np.full((1, 4), i, np.float32)} for i in range(50)]
+    with InferenceClient(kairos_server.address) as client:
+        synced = [r["output"][0, 0] for r in client.stream_infer("identity_fp32", rows)]
+        outcomes = list(client.stream_infer_responses("no_such_model", rows[:2]))
+
+    async def scenario():
+        async with AsyncInferenceClient(kairos_server.address) as client:
+            got = [r["output"][0, 0] async for r in client.stream_infer("identity_fp32", rows)]
+            single = await client.infer("identity_fp32", rows[3])
+            return got, single
+
+    streamed, single = asyncio.run(scenario())
+    assert synced == list(range(50)) and streamed == list(range(50))
+    assert single["output"][0, 0] == 3
+    assert len(outcomes) == 2 and all(isinstance(o, InferenceServerError) for o in outcomes)

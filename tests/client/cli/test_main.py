@@ -1,0 +1,230 @@
+"""The `kairos` command line, run as the installed entry point in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kairos.client.cli import main as cli_main
+
+KAIROS = shutil.which("kairos", path=os.path.dirname(sys.executable)) or shutil.which("kairos")
+ENTRY = [KAIROS] if KAIROS else [sys.executable, "-m", "kairos.client.cli.main"]
+
+
+def kairos(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KAIROS_URL": "", "KAIROS_TOKEN": ""}
+    env.pop("KAIROS_URL")
+    env.pop("KAIROS_TOKEN")
+    result = subprocess.run(
+        [*ENTRY, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
+    # Expected failures are one readable line, never a traceback.
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+# -- help and usage ---------------------------------------------------------------------------
+
+
+def test_help_lists_every_command():
+    result = kairos("--help")
+    assert result.returncode == 0
+    for command in ("serve", "infer", "models", "demo", "bench", "batch", "optimize"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["infer"], "--input"),
+        (["models"], "describe"),
+        (["models", "describe"], "--json"),
+        (["demo"], "--exit"),
+        (["serve"], "--model-repository"),  # flags come from kairos.server.app.add_arguments
+    ],
+)
+def test_subcommand_help(command, expected):
+    result = kairos(*command, "--help")
+    assert result.returncode == 0 and expected in result.stdout
+
+
+def test_usage_errors_exit_2():
+    assert kairos().returncode == 2
+    assert kairos("no-such-command").returncode == 2
+    result = kairos("infer", "digits")
+    assert result.returncode == 2 and "--input" in result.stderr
+
+
+def test_unavailable_plugin_explains_itself(monkeypatch, tmp_path, capsys):
+    (tmp_path / "kairos_broken_plugin.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(
+        cli_main,
+        "PLUGINS",
+        (
+            ("ghost", "kairos.client.no_such_module", "missing"),
+            ("broken", "kairos_broken_plugin", "broken"),
+        ),
+    )
+    assert cli_main.main(["ghost", "--anything"]) == 1
+    assert "`kairos ghost` is not available" in capsys.readouterr().err
+    assert cli_main.main(["broken"]) == 1
+    assert "boom at import" in capsys.readouterr().err
+    # The other commands still work.
+    with pytest.raises(SystemExit) as shown:
+        cli_main.main(["models", "--help"])
+    assert shown.value.code == 0
+
+
+# -- against the third-party-style fake server (typed contents) -------------------------------
+
+
+def test_infer_json_literal_takes_dtype_from_metadata(fake_server):
+    fake_server.state.typed_outputs = True
+    result = kairos(
+        "infer", "identity", "--url", fake_server.address,
+        "--input", "x=[[1, 2], [3, 4]]", "--input", "ids=[7, 8]", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outputs = {o["name"]: o for o in json.loads(result.stdout)["outputs"]}
+    assert outputs["x_out"]["datatype"] == "FP32"  # JSON ints sent as the model's FP32
+    assert outputs["x_out"]["shape"] == [2, 2] and outputs["x_out"]["data"] == [1, 2, 3, 4]
+    assert outputs["ids_out"]["datatype"] == "INT64" and outputs["ids_out"]["data"] == [7, 8]
+
+
+def test_infer_adds_batch_dimension_and_prints(fake_server):
+    result = kairos(
+        "infer", "identity", "--url", fake_server.address, "--input", "x=[1.5, 2]",
+        "--input", "ids=[1]", "--id", "r1", "--parameter", "tag=demo",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "x_out  FP32 [1, 2]" in result.stdout
+    assert "[[1.5 2. ]]" in result.stdout
+
+
+def test_infer_server_errors_exit_1_with_server_message(fake_server, free_port):
+    missing = kairos("infer", "nope", "--url", fake_server.address, "--input", "x=[1]")
+    assert missing.returncode == 1
+    assert "model 'nope' version '' not found" in missing.stderr
+
+    rejected = kairos(
+        "infer", "identity", "--url", fake_server.address, "--input", "x=[[1, 2]]",
+        "--input", "ids=[1]", "--parameter", "fail=true",
+    )  # fmt: skip
+    assert rejected.returncode == 1 and "input 'x'" in rejected.stderr
+    assert "INVALID_ARGUMENT" in rejected.stderr
+
+    url = f"127.0.0.1:{free_port}"
+    refused = kairos("infer", "identity", "--url", url, "--input", "x=[1]")
+    assert refused.returncode == 1
+    assert f"cannot reach a server at {url} (is `kairos serve` running?)" in refused.stderr
+    listing = kairos("models", "list", "--url", url)
+    assert listing.returncode == 1 and "cannot reach a server" in listing.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("x=/no/such/file.npy", "/no/such/file.npy does not exist"),
+        ("x=[[1, 2]", "neither a .npy/.json file nor a JSON literal"),
+        ("x=[[1], [2, 3]]", "not a rectangular array"),
+        ('x=[["a", "b"]]', "wants FP32 numbers, got text"),
+        ("x=[[1, 2, 3]]", "does not fit the model's [-1, 2]"),
+        ("y=[1]", "model 'identity' has no input 'y'; its inputs: x (FP32 [-1, 2])"),
+    ],
+)
+def test_infer_bad_input_exit_2_naming_it(fake_server, value, message):
+    result = kairos("infer", "identity", "--url", fake_server.address, "--input", value)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+
+
+def test_infer_bad_npy_file(fake_server, tmp_path):
+    bad = tmp_path / "bad.npy"
+    bad.write_text("not numpy")
+    result = kairos("infer", "identity", "--url", fake_server.address, "--input", f"x={bad}")
+    assert result.returncode == 2 and f"cannot read {bad} as .npy" in result.stderr
+
+
+# -- against a real Kairos server -------------------------------------------------------------
+
+
+def test_infer_npy_json_file_and_output_dir(kairos_server, tmp_path):
+    data = np.arange(8, dtype=np.float32).reshape(2, 4) / 7
+    np.save(tmp_path / "x.npy", data)
+    result = kairos(
+        "infer", "identity_fp32", "--url", kairos_server.address,
+        "--input", f"input={tmp_path / 'x.npy'}", "--output-dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "identity_fp32 (version 1) answered in" in result.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "output.npy"), data)
+
+    (tmp_path / "ids.json").write_text("[[1, 2, 3]]")
+    cast = kairos(
+        "infer", "cast_int64_fp32", "--url", kairos_server.address,
+        "--input", str(tmp_path / "ids.json"), "--json",
+    )  # fmt: skip
+    assert cast.returncode == 0, cast.stderr
+    assert json.loads(cast.stdout)["outputs"][0]["data"] == [1.0, 2.0, 3.0]
+
+    text = kairos(
+        "infer", "identity_bytes", "--url", kairos_server.address,
+        "--input", 'input=[["hi", "there"]]', "--json",
+    )  # fmt: skip
+    assert text.returncode == 0, text.stderr
+    assert json.loads(text.stdout)["outputs"][0]["data"] == ["hi", "there"]
+
+
+def test_infer_wrong_dtype_in_file_is_refused(kairos_server, tmp_path):
+    np.save(tmp_path / "floats.npy", np.ones((1, 4), np.float64))
+    result = kairos(
+        "infer", "identity_int64", "--url", kairos_server.address,
+        "--input", f"input={tmp_path / 'floats.npy'}",
+    )  # fmt: skip
+    assert result.returncode == 2 and "holds float64, the model wants INT64" in result.stderr
+
+
+def test_models_list_describe_unload_load(kairos_server):
+    url = ["--url", kairos_server.address]
+    listing = kairos("models", "list", *url)
+    assert listing.returncode == 0, listing.stderr
+    lines = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    assert "READY" in lines["identity_fp32"] and "UNAVAILABLE" in lines["broken"]
+
+    described = kairos("models", "describe", "add_sub", *url)
+    assert described.returncode == 0, described.stderr
+    assert "  a  FP32 [-1, 4]" in described.stdout
+    assert "config:" in described.stdout and "statistics:" in described.stdout
+    as_json = json.loads(kairos("models", "describe", "add_sub", "--json", *url).stdout)
+    assert set(as_json) == {"metadata", "config", "statistics"}
+
+    unloaded = kairos("models", "unload", "identity_fp64", *url)
+    try:
+        assert unloaded.returncode == 0 and "unloaded identity_fp64" in unloaded.stdout
+        ready = kairos("models", "list", "--ready", *url).stdout
+        assert "identity_fp64" not in ready
+    finally:
+        loaded = kairos("models", "load", "identity_fp64", *url)
+    assert loaded.returncode == 0 and "loaded identity_fp64" in loaded.stdout
+
+    missing = kairos("models", "describe", "no_such_model", *url)
+    assert missing.returncode == 1 and "no_such_model" in missing.stderr
+
+
+def test_demo_classifies_a_digit_and_exits():
+    result = kairos(
+        "demo", "--exit", "--grpc-port", "0", "--metrics-port", "0", "--sample", "0",
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "true label 0" in result.stdout
+    assert "predicted 0" in result.stdout  # the demo classifier gets image #0 right
+    assert "kairos infer digits --url 127.0.0.1:" in result.stdout
+    assert "tritonclient.grpc" in result.stdout
