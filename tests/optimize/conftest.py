@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from kairos.optimize.data import Dataset
 from kairos.optimize.graph import build_model, random_mlp, save_model
 from kairos.optimize.pipeline import Measure, accuracy_of
@@ -53,6 +54,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
 
 @pytest.fixture(scope="session")
 def teacher(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Teacher:
+    torch.set_num_threads(1)  # the suite shares 2 cores; 2 threads only add contention here
     mlp = random_mlp([64, 512, 512, 10], seed=0)
     mlp.input_name, mlp.output_name = "pixels", "logits"
     trained = train_mlp(mlp, digits.train.x, digits.train.y, TrainConfig(epochs=15, lr=1e-3, seed=0))
