@@ -18,12 +18,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kairos.protos import grpc_service_pb2 as pb
-from kairos.protos import grpc_service_pb2_grpc as pb_grpc
 
 from .metrics import NULL_METRICS, MetricsSink
 from .repository import ModelRepository
+from .security import BearerTokenInterceptor, SecurityConfigError, load_tokens, server_credentials
 from .statistics import FanoutMetrics, StatisticsRecorder
-from .transport.servicer import InferenceServicer, ServingOptions
+from .transport.servicer import InferenceServicer, ServingOptions, add_to_server
+from .watch import RepositoryWatcher
 
 log = logging.getLogger("kairos.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -49,6 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a shutdown waits for accepted requests (default 30)")
     parser.add_argument("--disable-repository-control", action="store_true",
                         help="refuse RepositoryModelLoad/Unload RPCs")
+    parser.add_argument("--max-streams", type=int, default=64,
+                        help="concurrent ModelStreamInfer calls; beyond it RESOURCE_EXHAUSTED "
+                             "(default 64; 0 = no limit)")
+    parser.add_argument("--drain-delay-seconds", type=float, default=0.0,
+                        help="on shutdown, how long health answers NOT_SERVING (and inference "
+                             "UNAVAILABLE) before the listener closes, so load balancers see it "
+                             "(default 0)")
+    parser.add_argument("--watch", action="store_true",
+                        help="poll the model repository and reload models whose files change")
+    parser.add_argument("--watch-interval", type=float, default=2.0,
+                        help="seconds between --watch polls (default 2)")
+    security = parser.add_argument_group("security")
+    security.add_argument("--tls-cert", type=Path, default=None,
+                          help="PEM server certificate (chain): serve gRPC over TLS")
+    security.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    security.add_argument("--tls-client-ca", type=Path, default=None,
+                          help="PEM CA bundle: require client certificates it signed (mutual TLS)")
+    security.add_argument("--auth-token-file", type=Path, default=None,
+                          help="bearer tokens, one per line; with it (or env KAIROS_AUTH_TOKENS) "
+                               "every RPC except health, reflection, ServerLive and ServerReady "
+                               "needs 'authorization: Bearer <token>'")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
@@ -76,11 +98,18 @@ class KairosServer:
                 default_slo_s=args.default_slo_ms / 1000,
                 max_rows_per_request=args.max_rows_per_request,
                 repository_control=not args.disable_repository_control,
+                max_streams=args.max_streams,
             ),
             is_ready=lambda: self.ready,
         )
         self.health = health.aio.HealthServicer()
         self.stopping = asyncio.Event()
+        self.watcher: RepositoryWatcher | None = None
+        try:
+            self.credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+            self.tokens = load_tokens(args.auth_token_file)
+        except SecurityConfigError as exc:
+            raise SystemExit(f"kairos serve: {exc}") from None
 
     def _repository_path(self) -> Path:
         if self.args.model_repository is not None:
@@ -96,21 +125,27 @@ class KairosServer:
 
     def _grpc_server(self) -> tuple[grpc.aio.Server, int]:
         limit = int(self.args.max_message_mb * 1024 * 1024)
+        interceptors = [BearerTokenInterceptor(self.tokens)] if self.tokens else []
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME],
             server,
         )
-        port = server.add_insecure_port(f"{self.args.host}:{self.args.grpc_port}")
+        address = f"{self.args.host}:{self.args.grpc_port}"
+        if self.credentials is not None:
+            port = server.add_secure_port(address, self.credentials)
+        else:
+            port = server.add_insecure_port(address)
         if port == 0:
             raise SystemExit(f"kairos serve: cannot listen on {self.args.host}:{self.args.grpc_port}")
         return server, port
@@ -126,16 +161,29 @@ class KairosServer:
         await self.repository.load_all()
         self.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.args.watch:
+            self.watcher = RepositoryWatcher(self.repository, self.args.watch_interval)
+            self.watcher.start()
         self._write_port_file(grpc_port, metrics_port)
-        log.info("Kairos serving on %s:%d (metrics on %s)", self.args.host, grpc_port, metrics_port)
+        log.info("Kairos serving on %s:%d (metrics on %s; %s; auth %s)", self.args.host, grpc_port,
+                 metrics_port, "TLS" if self.credentials else "plain text",
+                 "on" if self.tokens else "off")
         await self.stopping.wait()
         await self._drain(server)
         return 0
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         log.info("shutting down: refusing new requests, finishing accepted ones")
+        # Order matters: stop admitting and report NOT_SERVING before anything waits,
+        # so no request is accepted after the signal and probes see it at once.
         self.ready = False
+        self.servicer.accepting = False
         await self.health.enter_graceful_shutdown()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.args.drain_delay_seconds > 0:
+            await asyncio.sleep(self.args.drain_delay_seconds)
+        # Waits for every accepted RPC (queued ones included) up to the grace period.
         await server.stop(self.args.grace_seconds)
         await self.repository.close()
         log.info("shut down cleanly")

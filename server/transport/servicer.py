@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from kairos.protos import codec
 from kairos.protos import grpc_service_pb2 as pb
 from kairos.protos import grpc_service_pb2_grpc as pb_grpc
@@ -57,6 +58,65 @@ BATCH_CLASS_PARAMETER = "kairos_class"
 STREAM_WINDOW = 1024  # requests in flight per stream before reading pauses
 
 
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid protobuf message, so the
+    client gets INVALID_ARGUMENT with the parser's message instead of gRPC's UNKNOWN."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _tolerant(parse: Callable[[bytes], object], type_name: str) -> Callable[[bytes], object]:
+    def deserialize(data: bytes) -> object:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Undecodable(f"request is not a valid {type_name} message: {exc}")
+
+    return deserialize
+
+
+def _guard_unary(behavior, empty_response):
+    async def guarded(request, context):
+        if isinstance(request, Undecodable):
+            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_details(request.message)
+            return empty_response()
+        return await behavior(request, context)
+
+    return guarded
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the service like the generated `add_..._to_server`, except that a
+    request which does not parse is answered INVALID_ARGUMENT rather than UNKNOWN."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        behavior = getattr(servicer, method.name)
+        deserialize = _tolerant(request_class.FromString, method.input_type.full_name)
+        serialize = response_class.SerializeToString
+        if method.client_streaming and method.server_streaming:
+            # Stream messages are checked one by one in `_stream_one`.
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                behavior, request_deserializer=deserialize, response_serializer=serialize
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _guard_unary(behavior, response_class),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
+            )
+        else:  # pragma: no cover - the V2 service has no such methods
+            raise TypeError(f"unsupported streaming shape for {method.full_name}")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def status_of(error: KairosError) -> grpc.StatusCode:
     return STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
 
@@ -68,10 +128,13 @@ class ServingOptions:
         default_slo_s: float = 1.0,
         max_rows_per_request: int = 100_000,
         repository_control: bool = True,
+        max_streams: int = 0,
     ) -> None:
         self.default_slo_s = default_slo_s
+        # Rows beyond this in one request: RESOURCE_EXHAUSTED, like the message-size limit.
         self.max_rows_per_request = max_rows_per_request
         self.repository_control = repository_control
+        self.max_streams = max_streams  # concurrent ModelStreamInfer calls; 0 = no limit
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -89,6 +152,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.options = options
         self.is_ready = is_ready
         self.accepting = True
+        self.active_streams = 0
 
     # ---- health and metadata -----------------------------------------------------------
 
@@ -233,6 +297,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator:
         """Requests are handled concurrently; each response carries its request's id.
         The stream ends once the client half-closes and every response is sent."""
+        limit = self.options.max_streams
+        if limit and self.active_streams >= limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.active_streams} streams open; this server allows at most {limit} "
+                "concurrent ModelStreamInfer calls",
+            )
+        self.active_streams += 1
+        try:
+            async for item in self._serve_stream(request_iterator):
+                yield item
+        finally:
+            self.active_streams -= 1
+
+    async def _serve_stream(self, request_iterator) -> AsyncIterator:
         results: asyncio.Queue = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         reader = asyncio.create_task(self._read_stream(request_iterator, results, window))
@@ -264,6 +343,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _stream_one(self, request, results: asyncio.Queue) -> None:
         arrival = time.monotonic()
+        if isinstance(request, Undecodable):
+            message = f"{grpc.StatusCode.INVALID_ARGUMENT.name}: {request.message}"
+            await results.put(pb.ModelStreamInferResponse(error_message=message))
+            return
         try:
             # A stream's gRPC deadline covers the whole stream, not each request.
             response = await self._infer(request, arrival, None)
@@ -320,7 +403,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except codec.TensorError as exc:
             raise InvalidInput(str(exc)) from None
         signature = served.signature
-        rows, shape_key = validate_inputs(signature, inputs, self.options.max_rows_per_request)
+        rows, shape_key = validate_inputs(signature, inputs)
+        limit = self.options.max_rows_per_request
+        if limit and rows > limit:
+            raise LimitExceeded(f"{rows} rows in one request; this server accepts at most {limit}")
         outputs = validate_outputs(signature, [o.name for o in request.outputs])
         timeout_us, priority, klass = _read_parameters(request.parameters)
         return InferenceRequest(

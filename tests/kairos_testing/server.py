@@ -75,10 +75,12 @@ def running_server(
     timeout: float = 120.0,
     env: dict | None = None,
     cpu: int | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Iterator[ServerProcess]:
     """`kairos serve` in a child process on free ports; stopped (SIGTERM, then SIGKILL) on exit.
 
-    With no repository the server serves its built-in demo models.
+    With no repository the server serves its built-in demo models. A TLS server
+    (`--tls-cert` among the args) is waited for over `credentials` when given.
     """
     workdir = Path(tempfile.mkdtemp(prefix="kairos-server-"))
     port_file = workdir / "ports.json"
@@ -96,7 +98,9 @@ def running_server(
     try:
         ports = _wait_for_ports(port_file, process, log_path, timeout)
         server = ServerProcess(process, ports["grpc_port"], ports["metrics_port"], log_path)
-        if "--tls-cert" not in extra_args:
+        if credentials is not None:
+            wait_serving(server.address, timeout, credentials)
+        elif "--tls-cert" not in extra_args:
             wait_serving(server.address, timeout)
         yield server
     finally:
