@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import InternalError, InvalidInput
-from ..repository.config import ModelSettings
 from ..types import ModelSignature, TensorSpec
+
+if TYPE_CHECKING:  # the repository imports the backend, not the other way round
+    from ..repository.config import ModelSettings
 
 log = logging.getLogger("kairos.backend")
 
