@@ -128,3 +128,7 @@ class FanoutMetrics(MetricsSink):
     def model_loaded(self, model: str, version: str, duration_s: float) -> None:
         for sink in self.sinks:
             sink.model_loaded(model, version, duration_s)
+
+    def model_slo(self, model: str, version: str, slo_s: float | None) -> None:
+        for sink in self.sinks:
+            sink.model_slo(model, version, slo_s)

@@ -206,6 +206,7 @@ class ModelRepository:
         dispatcher.prepare()
         seconds = time.monotonic() - started
         self.metrics.model_loaded(name, version, seconds)
+        self.metrics.model_slo(name, version, settings.slo_ms / 1000 if settings.slo_ms else None)
         self.metrics.model_state(name, version, "READY")
         log.info("loaded %s version %s on %s in %.2fs", name, version, backend.provider, seconds)
         return ServedVersion(name, version, backend, dispatcher, settings, seconds)
