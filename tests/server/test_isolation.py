@@ -1,0 +1,127 @@
+"""Failure isolation: a model that fails at run time for some inputs fails only the
+requests of that batch (INTERNAL, with onnxruntime's message), and the server
+keeps serving; a bad request that validation can catch up front never joins a
+batch, so it cannot fail its neighbours."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from kairos.protos import codec
+from kairos.protos import grpc_service_pb2 as pb
+from kairos.protos import grpc_service_pb2_grpc as pb_grpc
+from kairos_testing.models import write_model
+from kairos_testing.reliability import TABLE_ROWS, gather_table, mlp, mlp_reference
+from kairos_testing.server import running_server
+
+INTERNAL = grpc.StatusCode.INTERNAL
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+TIMEOUT = 60
+MLP = mlp(256, 4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "gather", gather_table())
+    # The same model, one request per execution: no neighbours to take down.
+    write_model(repo, "gather_alone", gather_table(), config="scheduling:\n  policy: none\n")
+    write_model(repo, "mlp", MLP, config="scheduling:\n  policy: fixed\n  max_queue_delay_ms: 2\n")
+    with running_server(repo) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def gather_request(model: str, index: int, rows: int = 1) -> pb.ModelInferRequest:
+    return codec.build_request(model, {"indices": np.full((rows, 1), index, np.int64)})
+
+
+def expected_rows(index: int, rows: int = 1) -> np.ndarray:
+    table = np.arange(TABLE_ROWS * 4, dtype=np.float32).reshape(TABLE_ROWS, 4)
+    return np.repeat(table[index][None, None, :], rows, axis=0)
+
+
+def test_runtime_failure_is_internal_with_the_models_message(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(gather_request("gather", 1000), timeout=TIMEOUT)
+    assert error.value.code() == INTERNAL
+    assert "gather" in error.value.details() and "failed" in error.value.details()
+    # ...and the next request to the same model is served normally.
+    reply = stub.ModelInfer(gather_request("gather", 3, rows=2), timeout=TIMEOUT)
+    np.testing.assert_array_equal(codec.decode_response_outputs(reply)["output"], expected_rows(3, 2))
+
+
+def _gather_mix(stub, model: str, count: int = 300):
+    """Concurrent requests, every third one out of range; (index, future) pairs."""
+    sent = []
+    for i in range(count):
+        index = 50 + i if i % 3 == 0 else i % TABLE_ROWS
+        sent.append((index, stub.ModelInfer.future(gather_request(model, index), timeout=TIMEOUT)))
+    return sent
+
+
+def test_runtime_failures_fail_only_their_batch(server, stub):
+    failed_good = 0
+    for index, future in _gather_mix(stub, "gather"):
+        if index >= TABLE_ROWS:
+            assert future.code() == INTERNAL and "failed" in future.details()
+        elif future.code() == grpc.StatusCode.OK:
+            out = codec.decode_response_outputs(future.result())["output"]
+            np.testing.assert_array_equal(out, expected_rows(index))
+        else:
+            # A good request shares the fate of a bad one only when batched with it.
+            assert future.code() == INTERNAL and "failed" in future.details()
+            failed_good += 1
+    assert server.alive()
+    reply = stub.ModelInfer(gather_request("gather", 7), timeout=TIMEOUT)
+    np.testing.assert_array_equal(codec.decode_response_outputs(reply)["output"], expected_rows(7))
+    print(f"good requests failed alongside a bad one in their batch: {failed_good}")
+
+
+def test_without_batching_no_good_request_fails(stub):
+    for index, future in _gather_mix(stub, "gather_alone"):
+        if index >= TABLE_ROWS:
+            assert future.code() == INTERNAL
+        else:
+            assert future.code() == grpc.StatusCode.OK, future.details()
+
+
+def _bad_up_front(i: int) -> pb.ModelInferRequest:
+    """Requests validation refuses before queueing (shape, datatype, byte count)."""
+    kind = i % 3
+    if kind == 0:
+        return codec.build_request("mlp", {"input": np.ones((2, 255), np.float32)})
+    if kind == 1:
+        return codec.build_request("mlp", {"input": np.ones((2, 256), np.float64)})
+    request = codec.build_request("mlp", {"input": np.ones((2, 256), np.float32)})
+    request.raw_input_contents[0] = request.raw_input_contents[0][:-1]
+    return request
+
+
+def test_bad_requests_caught_up_front_never_fail_their_neighbours(stub):
+    rng = np.random.default_rng(0)
+    sent = []
+    for i in range(400):
+        if i % 4 == 0:
+            sent.append((None, stub.ModelInfer.future(_bad_up_front(i), timeout=TIMEOUT)))
+        else:
+            x = rng.standard_normal((1 + i % 3, 256)).astype(np.float32)
+            sent.append((x, stub.ModelInfer.future(codec.build_request("mlp", {"input": x}),
+                                                   timeout=TIMEOUT)))
+    for x, future in sent:
+        if x is None:
+            assert future.code() == INVALID and future.details()
+        else:
+            assert future.code() == grpc.StatusCode.OK, future.details()
+            out = codec.decode_response_outputs(future.result())["output"]
+            np.testing.assert_allclose(out, mlp_reference(MLP, x), rtol=1e-4, atol=1e-4)
+    # The good requests really were batched together (fewer executions than requests).
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp"), timeout=TIMEOUT)
+    model = stats.model_stats[0]
+    assert model.execution_count < model.inference_count
