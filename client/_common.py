@@ -36,6 +36,9 @@ _UNREACHABLE_HINTS = (
 class InferenceServerError(Exception):
     """A failed call: the gRPC status (`code`, `status` as its name) and the server's message.
 
+    `status` is a gRPC status name, or INVALID_RESPONSE when the server's answer cannot be
+    decoded (then `code` is None).
+
     `unreachable` is true when no server answered at all (nothing listening, bad host),
     so a caller can tell "is the server running?" apart from an answer the server gave.
     """
@@ -175,6 +178,16 @@ def make_request(
         raise ValueError(str(exc)) from None
 
 
+def stream_error(message: str) -> InferenceServerError:
+    """The error of one streamed request. A stream response carries only a message; Kairos and
+    Triton start it with the status name ("NOT_FOUND: ..."), which is kept as the status."""
+    name, sep, rest = message.partition(":")
+    code = grpc.StatusCode.__members__.get(name.strip()) if sep else None
+    if code is not None and code != grpc.StatusCode.OK:
+        return InferenceServerError(code.name, rest.strip(), code=code)
+    return InferenceServerError("UNKNOWN", message, code=grpc.StatusCode.UNKNOWN)
+
+
 class StreamReorderer:
     """Puts stream responses back into request order.
 
@@ -205,7 +218,7 @@ class StreamReorderer:
             index = self._index_of(response.infer_response.id)
             self._outstanding.discard(index)
         if response.error_message:
-            self._ready[index] = InferenceServerError("STREAM_ERROR", response.error_message)
+            self._ready[index] = stream_error(response.error_message)
         else:
             self._ready[index] = InferResult.from_response(response.infer_response)
 

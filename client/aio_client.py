@@ -329,5 +329,5 @@ class AsyncInferenceClient:
             call.cancel()
         if order.pending:
             raise InferenceServerError(
-                "STREAM_ERROR", f"the server ended the stream with {order.pending} requests unanswered"
+                "UNKNOWN", f"the server ended the stream with {order.pending} requests unanswered"
             )

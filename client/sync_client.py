@@ -314,5 +314,5 @@ class InferenceClient:
             raise failures[0]
         if order.pending:
             raise InferenceServerError(
-                "STREAM_ERROR", f"the server ended the stream with {order.pending} requests unanswered"
+                "UNKNOWN", f"the server ended the stream with {order.pending} requests unanswered"
             )

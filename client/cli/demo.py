@@ -59,19 +59,26 @@ def run(args: argparse.Namespace) -> int:
           "(the first start trains and quantizes them: a few seconds) ...", flush=True)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    # SIGTERM (a supervisor, `timeout`) must stop the server too, not orphan it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         ports = _wait_for_ports(process, port_file, log_path, args.startup_timeout)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         url = f"{host}:{ports['grpc_port']}"
         print(f"server up at {url} (metrics on port {ports.get('metrics_port')}); log: {log_path}")
         with InferenceClient(url) as client:
-            client.wait_until_ready(args.startup_timeout, models=[args.model])
+            client.wait_until_ready(args.startup_timeout)
+            _check_model(client, args.model)
             names, row = _classify_one(client, args.model, args.sample)
         _print_next_steps(url, args.model, names, row)
         if args.exit:
             return 0
         print(f"\nserving until Ctrl-C (server log: {log_path})", flush=True)
         code = process.wait()
+        if code in (0, -signal.SIGINT, -signal.SIGTERM):
+            # Ctrl-C reaches the whole process group: the server may finish draining first.
+            print("\nthe server stopped", file=sys.stderr)
+            return 0
         raise CommandError(f"the server stopped by itself (exit code {code}):\n{_tail(log_path)}")
     except KeyboardInterrupt:
         print("\nstopping the server ...", file=sys.stderr)
@@ -80,22 +87,47 @@ def run(args: argparse.Namespace) -> int:
         _stop(process)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _wait_for_ports(
     process: subprocess.Popen, port_file: Path, log_path: Path, timeout: float
 ) -> dict:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if process.poll() is not None:
-            raise CommandError(
-                f"the server exited during start-up (exit code {process.returncode}); "
-                f"its log ends with:\n{_tail(log_path)}\n(a port already in use? try "
-                "`kairos demo --grpc-port 0 --metrics-port 0`)"
-            )
+            raise CommandError(_startup_failure(process.returncode, log_path))
         if port_file.exists() and port_file.stat().st_size:
             with contextlib.suppress(json.JSONDecodeError):
                 return json.loads(port_file.read_text())
         time.sleep(0.05)
     raise CommandError(f"the server did not start within {timeout:g}s; log: {log_path}")
+
+
+def _startup_failure(code: int, log_path: Path) -> str:
+    log = _tail(log_path, 200)
+    if "Failed to bind" in log or "Address already in use" in log:
+        return (
+            "the server could not listen: a port is already in use (another `kairos serve` "
+            "or `kairos demo`?); choose others, e.g. `kairos demo --grpc-port 0 --metrics-port 0` "
+            f"for any free ones (server log: {log_path})"
+        )
+    return f"the server exited during start-up (exit code {code}); its log ends with:\n" + _tail(
+        log_path
+    )
+
+
+def _check_model(client: InferenceClient, model: str) -> None:
+    """Fail at once, saying why, if the demo model is missing or failed to load (the server
+    loads every model before it reports ready)."""
+    if client.model_ready(model):
+        return
+    index = {entry.name: entry for entry in client.repository_index()}
+    entry = index.get(model)
+    if entry is None:
+        raise CommandError(f"the server has no model '{model}'; it has: {', '.join(index)}")
+    raise CommandError(f"model '{model}' is {entry.state or 'not ready'}: {entry.reason}")
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ client decodes both. Models:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -40,6 +41,9 @@ class FakeState:
     seen_metadata: list[dict[str, str]] = field(default_factory=list)
     # Each ModelStreamInfer call appends "open", then "half-closed" when the client half-closes.
     stream_events: list[str] = field(default_factory=list)
+    # "in_order"; "swap_pairs": answers requests 0,1,2,3 as 1,0,3,2 (ids tell them apart);
+    # "no_ids": in order but without echoing ids, as a non-compliant server might.
+    stream_mode: str = "in_order"
     calls: int = 0
 
 
@@ -180,22 +184,32 @@ class FakeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         except (ValueError, codec.TensorError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    def _stream_answer(self, request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        if request.model_name not in self.state.loaded:
+            return pb.ModelStreamInferResponse(
+                error_message=f"NOT_FOUND: model '{request.model_name}' not found",
+                infer_response=pb.ModelInferResponse(id=request.id),
+            )
+        try:
+            response = pb.ModelStreamInferResponse(infer_response=self._answer(request))
+        except (ValueError, codec.TensorError) as exc:
+            response = pb.ModelStreamInferResponse(
+                error_message=str(exc), infer_response=pb.ModelInferResponse(id=request.id)
+            )
+        if self.state.stream_mode == "no_ids":
+            response.infer_response.id = ""
+        return response
+
     def ModelStreamInfer(self, request_iterator, context):
         self._note(context)
         self.state.stream_events.append("open")
+        held = []
         for request in request_iterator:
-            if request.model_name not in self.state.loaded:
-                yield pb.ModelStreamInferResponse(
-                    error_message=f"model '{request.model_name}' not found",
-                    infer_response=pb.ModelInferResponse(id=request.id),
-                )
-                continue
-            try:
-                yield pb.ModelStreamInferResponse(infer_response=self._answer(request))
-            except (ValueError, codec.TensorError) as exc:
-                yield pb.ModelStreamInferResponse(
-                    error_message=str(exc), infer_response=pb.ModelInferResponse(id=request.id)
-                )
+            held.append(self._stream_answer(request))
+            if self.state.stream_mode != "swap_pairs" or len(held) == 2:
+                yield from reversed(held)
+                held.clear()
+        yield from held
         # The request iterator ends when the client half-closes; so does the stream.
         self.state.stream_events.append("half-closed")
 
@@ -206,18 +220,36 @@ class FakeServer:
     state: FakeState
 
 
-@pytest.fixture
-def fake_server() -> Iterator[FakeServer]:
-    """The fake V2 server on a free loopback port, for one test."""
+@contextlib.contextmanager
+def start_fake_server(
+    credentials: grpc.ServerCredentials | None = None,
+) -> Iterator[FakeServer]:
+    """The fake V2 server on a free loopback port (TLS when `credentials` are given)."""
     state = FakeState()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(FakeV2Servicer(state), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     try:
         yield FakeServer(f"127.0.0.1:{port}", state)
     finally:
         server.stop(grace=None)
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    """The fake V2 server, for one test."""
+    with start_fake_server() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_server_factory():
+    """`start_fake_server` itself, for tests that need a TLS fake server."""
+    return start_fake_server
 
 
 @pytest.fixture

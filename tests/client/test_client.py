@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import numpy as np
@@ -188,6 +189,31 @@ def test_stream_consumer_may_stop_early(fake_server):
         assert client.server_live()  # the channel still works
 
 
+@pytest.mark.parametrize("mode", ["swap_pairs", "no_ids"])
+def test_stream_results_come_back_in_request_order(fake_server, mode):
+    fake_server.state.stream_mode = mode
+    requests = [{"x": np.full((1, 2), i, np.float32)} for i in range(101)]
+    with InferenceClient(fake_server.address) as client:
+        results = list(client.stream_infer("identity", requests, max_in_flight=8))
+    assert [r["x_out"][0, 0] for r in results] == list(range(101))
+
+
+def test_stream_error_keeps_the_status_name(fake_server):
+    with InferenceClient(fake_server.address) as client:
+        (outcome,) = client.stream_infer_responses("missing", [{"x": np.ones(1, np.float32)}])
+    assert isinstance(outcome, InferenceServerError)
+    assert outcome.status == "NOT_FOUND" and outcome.message == "model 'missing' not found"
+
+
+def test_stream_timeout_bounds_the_whole_stream(fake_server):
+    slow = ({"x": np.ones((1, 2), np.float32)} for _ in range(50))
+    with InferenceClient(fake_server.address) as client, pytest.raises(
+        InferenceServerError
+    ) as error:
+        list(client.stream_infer("identity", slow, timeout=0.3, parameters={"sleep_ms": 50}))
+    assert error.value.status == "DEADLINE_EXCEEDED"
+
+
 # -- asyncio -------------------------------------------------------------------------------
 
 
@@ -260,6 +286,29 @@ def test_async_stream_from_sync_and_async_iterables(fake_server):
     assert from_sync == [0, 1, 2]
     assert all(isinstance(o, InferenceServerError) for o in outcomes) and len(outcomes) == 3
     assert fake_server.state.stream_events == ["open", "half-closed"] * 3
+
+
+def test_async_stream_reorders_and_may_stop_early(fake_server):
+    fake_server.state.stream_mode = "swap_pairs"
+
+    async def scenario():
+        async with AsyncInferenceClient(fake_server.address) as client:
+            rows = [{"x": np.full((1, 2), i, np.float32)} for i in range(21)]
+            ordered = [r["x_out"][0, 0] async for r in client.stream_infer("identity", rows)]
+            endless = ({"x": np.full((1, 2), i, np.float32)} for i in range(10**9))
+            firsts = []
+            async with contextlib.aclosing(
+                client.stream_infer("identity", endless, max_in_flight=4)
+            ) as stream:
+                async for result in stream:
+                    firsts.append(result["x_out"][0, 0])
+                    if len(firsts) == 5:
+                        break
+            return ordered, firsts, await client.server_live()
+
+    ordered, firsts, live = asyncio.run(scenario())
+    assert ordered == list(range(21))
+    assert firsts == [0, 1, 2, 3, 4] and live
 
 
 def test_async_stream_input_failure_reaches_caller(fake_server):
@@ -371,3 +420,80 @@ def test_kairos_streaming_sync_and_async(kairos_server):
     assert synced == list(range(50)) and streamed == list(range(50))
     assert single["output"][0, 0] == 3
     assert len(outcomes) == 2 and all(isinstance(o, InferenceServerError) for o in outcomes)
+
+
+# -- TLS and mutual TLS ----------------------------------------------------------------------
+
+
+def _certificates(folder):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def issue(name, issuer_name, issuer_key, *, ca=False, ip=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if ip:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                critical=False,
+            )
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return key, cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    ca_key, ca_pem, _ = issue("test-ca", "test-ca", None, ca=True)
+    _, server_pem, server_key = issue("server", "test-ca", ca_key, ip="127.0.0.1")
+    _, client_pem, client_key = issue("client", "test-ca", ca_key)
+    paths = {}
+    for name, data in {
+        "ca.pem": ca_pem, "server.pem": server_pem, "server.key": server_key,
+        "client.pem": client_pem, "client.key": client_key,
+    }.items():  # fmt: skip
+        (folder / name).write_bytes(data)
+        paths[name] = folder / name
+    return paths
+
+
+def test_mutual_tls_with_certificate_files(tmp_path, fake_server_factory):
+    certs = _certificates(tmp_path)
+    credentials = grpc.ssl_server_credentials(
+        [(certs["server.key"].read_bytes(), certs["server.pem"].read_bytes())],
+        root_certificates=certs["ca.pem"].read_bytes(),
+        require_client_auth=True,
+    )
+    with fake_server_factory(credentials) as server:
+        address = server.address
+        with InferenceClient(
+            address,
+            ssl_root_cert=certs["ca.pem"],
+            ssl_client_cert=str(certs["client.pem"]),
+            ssl_client_key=certs["client.key"].read_bytes(),
+            token="t",
+        ) as client:
+            assert client.infer("identity", {"x": np.ones((1, 2), np.float32)})["x_out"].sum() == 2
+        no_client_cert = InferenceClient(address, ssl_root_cert=certs["ca.pem"])
+        with no_client_cert, pytest.raises(InferenceServerError):
+            no_client_cert.server_live(timeout=5)
+        with InferenceClient(address) as plaintext, pytest.raises(InferenceServerError):
+            plaintext.server_live(timeout=5)

@@ -1,4 +1,9 @@
-"""The `kairos` command line, run as the installed entry point in a subprocess."""
+"""The `kairos` command line.
+
+A few tests run the installed entry point in a subprocess (help, serve, demo, a request and an
+unreachable server), proving the console script works; the rest call `main()` in-process through
+the `cli` fixture, the same code minus a Python start-up each, to keep the suite fast.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -17,16 +23,40 @@ KAIROS = shutil.which("kairos", path=os.path.dirname(sys.executable)) or shutil.
 ENTRY = [KAIROS] if KAIROS else [sys.executable, "-m", "kairos.client.cli.main"]
 
 
-def kairos(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KAIROS_URL": "", "KAIROS_TOKEN": ""}
-    env.pop("KAIROS_URL")
-    env.pop("KAIROS_TOKEN")
+def kairos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The installed `kairos` in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KAIROS_URL", "KAIROS_TOKEN")}
     result = subprocess.run(
-        [*ENTRY, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+        [*ENTRY, *args], capture_output=True, text=True, timeout=timeout, env=env
     )
     # Expected failures are one readable line, never a traceback.
     assert "Traceback" not in result.stderr, result.stderr
     return result
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`kairos ARGS...` in-process: exit code and captured output, like `kairos()`."""
+    monkeypatch.delenv("KAIROS_URL", raising=False)
+    monkeypatch.delenv("KAIROS_TOKEN", raising=False)
+
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        try:
+            code = cli_main.main(list(args))
+        except SystemExit as exit_:  # argparse: --help, usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return Run(code, out, err)
+
+    return run
 
 
 # -- help and usage ---------------------------------------------------------------------------
@@ -54,10 +84,10 @@ def test_subcommand_help(command, expected):
     assert result.returncode == 0 and expected in result.stdout
 
 
-def test_usage_errors_exit_2():
-    assert kairos().returncode == 2
-    assert kairos("no-such-command").returncode == 2
-    result = kairos("infer", "digits")
+def test_usage_errors_exit_2(cli):
+    assert cli().returncode == 2
+    assert cli("no-such-command").returncode == 2
+    result = cli("infer", "digits")
     assert result.returncode == 2 and "--input" in result.stderr
 
 
@@ -85,9 +115,9 @@ def test_unavailable_plugin_explains_itself(monkeypatch, tmp_path, capsys):
 # -- against the third-party-style fake server (typed contents) -------------------------------
 
 
-def test_infer_json_literal_takes_dtype_from_metadata(fake_server):
+def test_infer_json_literal_takes_dtype_from_metadata(fake_server, cli):
     fake_server.state.typed_outputs = True
-    result = kairos(
+    result = cli(
         "infer", "identity", "--url", fake_server.address,
         "--input", "x=[[1, 2], [3, 4]]", "--input", "ids=[7, 8]", "--json",
     )  # fmt: skip
@@ -98,8 +128,8 @@ def test_infer_json_literal_takes_dtype_from_metadata(fake_server):
     assert outputs["ids_out"]["datatype"] == "INT64" and outputs["ids_out"]["data"] == [7, 8]
 
 
-def test_infer_adds_batch_dimension_and_prints(fake_server):
-    result = kairos(
+def test_infer_adds_batch_dimension_and_prints(fake_server, cli):
+    result = cli(
         "infer", "identity", "--url", fake_server.address, "--input", "x=[1.5, 2]",
         "--input", "ids=[1]", "--id", "r1", "--parameter", "tag=demo",
     )  # fmt: skip
@@ -108,12 +138,12 @@ def test_infer_adds_batch_dimension_and_prints(fake_server):
     assert "[[1.5 2. ]]" in result.stdout
 
 
-def test_infer_server_errors_exit_1_with_server_message(fake_server, free_port):
-    missing = kairos("infer", "nope", "--url", fake_server.address, "--input", "x=[1]")
+def test_infer_server_errors_exit_1_with_server_message(fake_server, free_port, cli):
+    missing = cli("infer", "nope", "--url", fake_server.address, "--input", "x=[1]")
     assert missing.returncode == 1
     assert "model 'nope' version '' not found" in missing.stderr
 
-    rejected = kairos(
+    rejected = cli(
         "infer", "identity", "--url", fake_server.address, "--input", "x=[[1, 2]]",
         "--input", "ids=[1]", "--parameter", "fail=true",
     )  # fmt: skip
@@ -124,7 +154,7 @@ def test_infer_server_errors_exit_1_with_server_message(fake_server, free_port):
     refused = kairos("infer", "identity", "--url", url, "--input", "x=[1]")
     assert refused.returncode == 1
     assert f"cannot reach a server at {url} (is `kairos serve` running?)" in refused.stderr
-    listing = kairos("models", "list", "--url", url)
+    listing = cli("models", "list", "--url", url)
     assert listing.returncode == 1 and "cannot reach a server" in listing.stderr
 
 
@@ -139,23 +169,23 @@ def test_infer_server_errors_exit_1_with_server_message(fake_server, free_port):
         ("y=[1]", "model 'identity' has no input 'y'; its inputs: x (FP32 [-1, 2])"),
     ],
 )
-def test_infer_bad_input_exit_2_naming_it(fake_server, value, message):
-    result = kairos("infer", "identity", "--url", fake_server.address, "--input", value)
+def test_infer_bad_input_exit_2_naming_it(fake_server, value, message, cli):
+    result = cli("infer", "identity", "--url", fake_server.address, "--input", value)
     assert result.returncode == 2, result.stdout
     assert message in result.stderr
 
 
-def test_infer_bad_npy_file(fake_server, tmp_path):
+def test_infer_bad_npy_file(fake_server, tmp_path, cli):
     bad = tmp_path / "bad.npy"
     bad.write_text("not numpy")
-    result = kairos("infer", "identity", "--url", fake_server.address, "--input", f"x={bad}")
+    result = cli("infer", "identity", "--url", fake_server.address, "--input", f"x={bad}")
     assert result.returncode == 2 and f"cannot read {bad} as .npy" in result.stderr
 
 
 # -- against a real Kairos server -------------------------------------------------------------
 
 
-def test_infer_npy_json_file_and_output_dir(kairos_server, tmp_path):
+def test_infer_npy_json_file_and_output_dir(kairos_server, tmp_path, cli):
     data = np.arange(8, dtype=np.float32).reshape(2, 4) / 7
     np.save(tmp_path / "x.npy", data)
     result = kairos(
@@ -167,14 +197,14 @@ def test_infer_npy_json_file_and_output_dir(kairos_server, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "output.npy"), data)
 
     (tmp_path / "ids.json").write_text("[[1, 2, 3]]")
-    cast = kairos(
+    cast = cli(
         "infer", "cast_int64_fp32", "--url", kairos_server.address,
         "--input", str(tmp_path / "ids.json"), "--json",
     )  # fmt: skip
     assert cast.returncode == 0, cast.stderr
     assert json.loads(cast.stdout)["outputs"][0]["data"] == [1.0, 2.0, 3.0]
 
-    text = kairos(
+    text = cli(
         "infer", "identity_bytes", "--url", kairos_server.address,
         "--input", 'input=[["hi", "there"]]', "--json",
     )  # fmt: skip
@@ -182,39 +212,39 @@ def test_infer_npy_json_file_and_output_dir(kairos_server, tmp_path):
     assert json.loads(text.stdout)["outputs"][0]["data"] == ["hi", "there"]
 
 
-def test_infer_wrong_dtype_in_file_is_refused(kairos_server, tmp_path):
+def test_infer_wrong_dtype_in_file_is_refused(kairos_server, tmp_path, cli):
     np.save(tmp_path / "floats.npy", np.ones((1, 4), np.float64))
-    result = kairos(
+    result = cli(
         "infer", "identity_int64", "--url", kairos_server.address,
         "--input", f"input={tmp_path / 'floats.npy'}",
     )  # fmt: skip
     assert result.returncode == 2 and "holds float64, the model wants INT64" in result.stderr
 
 
-def test_models_list_describe_unload_load(kairos_server):
+def test_models_list_describe_unload_load(kairos_server, cli):
     url = ["--url", kairos_server.address]
-    listing = kairos("models", "list", *url)
+    listing = cli("models", "list", *url)
     assert listing.returncode == 0, listing.stderr
     lines = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
     assert "READY" in lines["identity_fp32"] and "UNAVAILABLE" in lines["broken"]
 
-    described = kairos("models", "describe", "add_sub", *url)
+    described = cli("models", "describe", "add_sub", *url)
     assert described.returncode == 0, described.stderr
     assert "  a  FP32 [-1, 4]" in described.stdout
     assert "config:" in described.stdout and "statistics:" in described.stdout
-    as_json = json.loads(kairos("models", "describe", "add_sub", "--json", *url).stdout)
+    as_json = json.loads(cli("models", "describe", "add_sub", "--json", *url).stdout)
     assert set(as_json) == {"metadata", "config", "statistics"}
 
-    unloaded = kairos("models", "unload", "identity_fp64", *url)
+    unloaded = cli("models", "unload", "identity_fp64", *url)
     try:
         assert unloaded.returncode == 0 and "unloaded identity_fp64" in unloaded.stdout
-        ready = kairos("models", "list", "--ready", *url).stdout
+        ready = cli("models", "list", "--ready", *url).stdout
         assert "identity_fp64" not in ready
     finally:
-        loaded = kairos("models", "load", "identity_fp64", *url)
+        loaded = cli("models", "load", "identity_fp64", *url)
     assert loaded.returncode == 0 and "loaded identity_fp64" in loaded.stdout
 
-    missing = kairos("models", "describe", "no_such_model", *url)
+    missing = cli("models", "describe", "no_such_model", *url)
     assert missing.returncode == 1 and "no_such_model" in missing.stderr
 
 
@@ -228,3 +258,30 @@ def test_demo_classifies_a_digit_and_exits():
     assert "predicted 0" in result.stdout  # the demo classifier gets image #0 right
     assert "kairos infer digits --url 127.0.0.1:" in result.stdout
     assert "tritonclient.grpc" in result.stdout
+
+
+def test_serve_runs_the_server_until_sigterm(tmp_path, cli):
+    from kairos_testing.models import identity, write_model
+    from kairos_testing.server import stop_process
+
+    write_model(tmp_path / "repo", "identity", identity())
+    port_file = tmp_path / "ports.json"
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as output:
+        server = subprocess.Popen(
+            [*ENTRY, "serve", "--model-repository", str(tmp_path / "repo"), "--host", "127.0.0.1",
+             "--grpc-port", "0", "--metrics-port", "0", "--port-file", str(port_file)],
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.stat().st_size):
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "kairos serve did not start"
+            time.sleep(0.05)
+        url = f"127.0.0.1:{json.loads(port_file.read_text())['grpc_port']}"
+        listing = cli("models", "list", "--url", url)
+        assert listing.returncode == 0 and "identity" in listing.stdout
+    finally:
+        code = stop_process(server)
+    assert code == 0  # SIGTERM drains and exits cleanly
