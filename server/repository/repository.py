@@ -126,7 +126,12 @@ class ModelRepository:
         names = []
         for entry in sorted(self.root.iterdir()):
             if entry.is_dir() and _NAME.fullmatch(entry.name) and ".." not in entry.name:
-                names.append(entry.name)
+                # A folder symlinked from outside the repository is not a model (and must
+                # not stop the others loading).
+                if entry.resolve().is_relative_to(self.root):
+                    names.append(entry.name)
+                else:
+                    log.warning("ignoring %s: it points outside the model repository", entry)
         return names
 
     def _versions_on_disk(self, folder: Path) -> list[int]:
@@ -193,6 +198,8 @@ class ModelRepository:
         self, name: str, version: str, folder: Path, settings: ModelSettings
     ) -> ServedVersion:
         started = time.monotonic()
+        if not (folder / MODEL_FILE).resolve().is_relative_to(self.root):
+            raise ModelLoadError(f"{MODEL_FILE} points outside the model repository")
         backend = OnnxBackend(folder / MODEL_FILE, settings, label=f"{name}/{version}")
         backend.warm_up(settings.warmup_runs)
         dispatcher = self._factory(
