@@ -204,9 +204,10 @@ class SchedulerCore:
         deadline = request.deadline
         if online and deadline - now < self.online_budget:
             self.online_budget = deadline - now
+        lane = self.lanes.get(request.shape_key)
         if self.predictive:
-            finish = now + self._executor_wait(now) + self._serve_time(
-                (self.queued_online_rows if online else self.queued_rows) + rows
+            finish = self._admission_finish(
+                now, self.queued_online_rows if online else self.queued_rows, rows, deadline, lane
             )
             if finish > deadline:
                 self.counts.refused_deadline += 1
@@ -221,7 +222,6 @@ class SchedulerCore:
         ticket = Ticket(request, rows, ONLINE if online else BATCH, self._seq, now)
         if rows > self.cap:
             ticket.splittable = True
-        lane = self.lanes.get(request.shape_key)
         if lane is None:
             lane = self._new_lane(request.shape_key)
         ticket.lane = lane
@@ -249,6 +249,33 @@ class SchedulerCore:
         soonest = min(b.start + b.predicted for b in self.running)
         return soonest - now if soonest > now else 0.0
 
+    def _admission_finish(
+        self, now: float, ahead: int, rows: int, deadline: float, lane: _Lane | None
+    ) -> float:
+        """Predicted finish of a new request behind `ahead` queued rows.
+
+        When everything fits one batch, the request either joins the next batch
+        (only if that batch still meets the earliest queued deadline: a join must
+        not make an admitted request late) or runs in the batch after it.
+        """
+        wait = self._executor_wait(now)
+        n = ahead + rows
+        if not self.batching or self.executors > 1:
+            return now + wait + self._serve_time(n)
+        table = self.latency.table_list
+        start = now + wait
+        best = self._operating_point()[1]
+        if n > best:
+            # Behind a full batch: under load, later arrivals fill every batch to the
+            # operating size, so count whole batches (a partial last batch would be an
+            # optimistic promise that dispatch then breaks by expiring requests).
+            return start + -(-n // best) * table[best]
+        join = start + table[n]
+        head = lane.heap[0][2] if lane is not None and lane.heap else _INF
+        if join <= deadline and join <= head:
+            return join
+        return start + table[ahead] + table[rows]
+
     def _serve_time(self, rows: int) -> float:
         """Predicted time to serve `rows` rows queued on the executors."""
         latency = self.latency
@@ -261,10 +288,12 @@ class SchedulerCore:
             total = max(single, total * latency.concurrency_factor / self.executors)
         return total
 
-    def predicted_finish(self, rows: int, now: float, online: bool = True) -> float:
+    def predicted_finish(
+        self, rows: int, now: float, online: bool = True, shape_key: Hashable = ()
+    ) -> float:
         """When a new request of `rows` rows would finish if admitted now."""
         ahead = self.queued_online_rows if online else self.queued_rows
-        return now + self._executor_wait(now) + self._serve_time(ahead + rows)
+        return self._admission_finish(now, ahead, rows, _INF, self.lanes.get(shape_key))
 
     # -- cancellation -----------------------------------------------------
 

@@ -3,9 +3,11 @@
 Observations live in a few *buckets* (batch sizes 1, 2, 4, ... and the max batch
 size). An execution of b rows is credited to the nearest bucket after scaling by
 the current prediction ratio L(bucket)/L(b), so every execution corrects the
-model, whatever its size, and each bucket's window fills quickly. A bucket
+model, whatever its size, and each bucket's window fills quickly. Its
+observed/predicted ratio also moves the neighbouring buckets (see `_spread`), so
+a machine-wide slowdown reaches the batch sizes that load will drift to next. A bucket
 predicts an upper quantile of its sliding window (the promise is about tails,
-and one slow outlier in a window of 64 does not move a 0.95 quantile); sizes
+and one slow outlier in a window of 32 does not move a 0.95 quantile); sizes
 between buckets are interpolated linearly, sizes above the largest known bucket
 are extrapolated linearly. The table is non-decreasing in b.
 
@@ -21,12 +23,18 @@ from typing import Any
 
 import numpy as np
 
-# Observations kept per bucket: enough for a 0.95 quantile to ignore 3 outliers.
-WINDOW = 64
+# Observations kept per bucket: a 0.95 quantile of 32 ignores the 1 worst, and a
+# slowdown shows after 2 slow runs.
+WINDOW = 32
 # Once a bucket holds this many observations, rebuild the table only every
 # REBUILD_EVERY observations (a rebuild costs ~10-30 µs).
 WARM = 16
 REBUILD_EVERY = 8
+# An observation this much above its bucket's prediction rebuilds the table at once.
+SLOWER = 1.05
+# A bucket with this many observations of its own predicts well enough that the
+# observed/predicted ratio of its runs can correct its neighbours too.
+GROUNDED = 3
 # Smoothing of the observed/predicted ratio of runs that overlapped another run.
 CONCURRENCY_ALPHA = 0.05
 
@@ -107,18 +115,42 @@ class LatencyModel:
                 self.concurrency_factor += CONCURRENCY_ALPHA * (ratio - self.concurrency_factor)
             return
         bucket = self._nearest_bucket(rows)
+        grounded = predicted > 0 and self._counts[bucket] >= GROUNDED
         if bucket != rows:
             target = self.predict(bucket)
             if predicted > 0 and target > 0:
                 seconds *= target / predicted
             else:
                 seconds *= bucket / rows  # nothing learned yet: assume linear
-        self._windows[bucket].append(seconds)
         self._counts[bucket] += 1
-        self._dirty.add(bucket)
         self._since_rebuild += 1
-        if len(self._windows[bucket]) < WARM or self._since_rebuild >= REBUILD_EVERY:
+        surprise = self._credit(bucket, seconds)
+        if grounded:
+            self._spread(bucket, seconds / self.predict(bucket))
+        if surprise or len(self._windows[bucket]) < WARM or self._since_rebuild >= REBUILD_EVERY:
+            # a run slower than predicted rebuilds at once: tails are the promise
             self.rebuild()
+
+    def _credit(self, bucket: int, seconds: float) -> bool:
+        """Append to a bucket's window; True when it is slower than the bucket predicts."""
+        self._windows[bucket].append(seconds)
+        self._dirty.add(bucket)
+        return seconds > self._bucket_q.get(bucket, 0.0) * SLOWER
+
+    def _spread(self, bucket: int, ratio: float) -> None:
+        """Carry a run's observed/predicted ratio to the neighbouring buckets (fully to
+        adjacent ones, half as strongly two away): a machine that slows down (a
+        noisy neighbour, frequency scaling) slows every batch size, and batch sizes
+        drift with load, so a bucket not run lately must not keep promising the old
+        speed. Buckets without their own data are left to interpolation."""
+        buckets = self.buckets
+        index = buckets.index(bucket)
+        for j in range(max(0, index - 2), min(len(buckets), index + 3)):
+            other = buckets[j]
+            if j == index or self._counts[other] == 0:
+                continue
+            scale = ratio if abs(j - index) == 1 else math.sqrt(ratio)
+            self._credit(other, self.predict(other) * scale)
 
     def _nearest_bucket(self, rows: int) -> int:
         if rows >= self.max_rows:

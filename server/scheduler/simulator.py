@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import DeadlineExceeded, Refused
 from ..types import InferenceRequest
-from .core import Batch, SchedulerCore
+from .core import CANCELLED, Batch, SchedulerCore
 from .latency import LatencyModel
 
 ServiceTime = Callable[[int], float]
@@ -299,8 +299,10 @@ class _Simulation:
 
     def cancel(self, index: int, now: float) -> None:
         ticket = self.tickets.get(index)
-        if ticket is not None and self.core.cancel(ticket):
-            ticket.waiter.status = "cancelled"
+        if ticket is not None:
+            self.core.cancel(ticket)  # queued: leaves the queue; running: result dropped
+            if ticket.state == CANCELLED:
+                ticket.waiter.status = "cancelled"
 
     def dispatch(self, now: float) -> None:
         core = self.core

@@ -23,16 +23,17 @@ def test_upper_quantile_ignores_rare_outliers():
     model = LatencyModel(1, quantile=0.95)
     for _ in range(60):
         model.observe(1, 0.001)
-    for _ in range(2):
-        model.observe(1, 0.050)  # two GC pauses in a window of 62
+    model.observe(1, 0.050)  # a GC pause
+    for _ in range(10):
+        model.observe(1, 0.001)
     model.rebuild()
     assert model.predict(1) == pytest.approx(0.001)
 
 
 def test_quantile_follows_the_tail():
-    model = LatencyModel(1, quantile=0.9)
+    model = LatencyModel(1, quantile=0.9, window=20)
     for i in range(60):
-        model.observe(1, 0.001 * (1 + i % 10))  # 1..10 ms, six of each
+        model.observe(1, 0.001 * (1 + i % 10))  # 1..10 ms; the window holds two of each
     model.rebuild()
     assert model.predict(1) == pytest.approx(0.009)
 
@@ -57,6 +58,15 @@ def test_table_is_non_decreasing():
     model.rebuild()
     values = [model.predict(b) for b in range(9)]
     assert values == sorted(values)
+
+
+def test_a_slowdown_shows_within_a_few_runs():
+    model = LatencyModel(1)
+    for _ in range(32):
+        model.observe(1, 0.001)
+    model.observe(1, 0.003)
+    model.observe(1, 0.003)
+    assert model.predict(1) == pytest.approx(0.003)
 
 
 def test_online_executions_correct_the_nearest_bucket():
