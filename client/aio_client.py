@@ -295,12 +295,18 @@ class AsyncInferenceClient:
                     await call.write(request)
                 except (grpc.RpcError, asyncio.InvalidStateError):
                     return  # the call already ended; the reader reports why
-            await call.done_writing()  # half-close: the server ends the stream after answering
+            # Half-close: the server answers what it has, then ends the stream.
+            with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+                await call.done_writing()
+
+        def stop_reading_if_failed(task: asyncio.Task) -> None:
+            # If producing requests fails, the stream is never half-closed: end it so the
+            # reader stops (it then raises the writer's exception, not the cancellation).
+            if not task.cancelled() and task.exception() is not None:
+                call.cancel()
 
         writer = asyncio.create_task(write_all())
-        # If producing requests fails, the stream is never half-closed: end it so the reader
-        # stops, then raise the writer's exception instead of the cancellation.
-        writer.add_done_callback(lambda task: task.cancelled() or task.exception() and call.cancel())
+        writer.add_done_callback(stop_reading_if_failed)
         try:
             while True:
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from google.protobuf import text_format
 
@@ -110,13 +111,39 @@ def run_describe(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for tensor in tensors:
             print(f"  {tensor.name}  {tensor.datatype} {list(tensor.shape)}")
-    # Printed whole, so whatever a server adds (e.g. Kairos's latency table in `parameters`)
-    # shows up without this command knowing about it.
+    # Printed whole, so whatever a server adds shows up without this command knowing about it;
+    # only `parameters` get their own section, since Kairos puts JSON there (the scheduler's
+    # state and latency table L(b)), which text format would print as one escaped string.
+    parameters = {key: value.string_value for key, value in sorted(config.parameters.items())}
+    config.ClearField("parameters")
     print("\nconfig:")
     print(_indent(text_format.MessageToString(config)) or "  (empty)")
+    if parameters:
+        print("config parameters:")
+        for key, value in parameters.items():
+            print(_indent(_render_parameter(key, value)))
     print("statistics:")
     print(_indent(text_format.MessageToString(statistics)) or "  (none)")
     return 0
+
+
+def _render_parameter(key: str, value: str) -> str:
+    """`key: value`, with a JSON object value laid out one field per line, and lists of
+    records (such as a latency table) one record per line."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return f"{key}: {value}"
+    if not isinstance(parsed, dict):
+        return f"{key}: {value}"
+    lines = [f"{key}:"]
+    for field, item in parsed.items():
+        if isinstance(item, list) and item and all(isinstance(row, dict) for row in item):
+            lines.append(f"  {field}:")
+            lines += [f"    {json.dumps(row)}" for row in item]
+        else:
+            lines.append(f"  {field}: {json.dumps(item)}")
+    return "\n".join(lines)
 
 
 def _indent(text: str) -> str:

@@ -13,6 +13,7 @@ client decodes both. Models:
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -108,6 +109,9 @@ class FakeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[2])
         config.output.add(name="x_out", data_type=mc.TYPE_FP32, dims=[2])
         config.parameters["latency_table"].string_value = "1:0.2ms 8:0.3ms"
+        config.parameters["scheduler"].string_value = json.dumps(
+            {"policy": "slo", "latency_table": [{"batch_size": 1, "predicted_s": 0.0002}]}
+        )
         return pb.ModelConfigResponse(config=config)
 
     def ModelStatistics(self, request, context):

@@ -182,6 +182,14 @@ def test_infer_bad_npy_file(fake_server, tmp_path, cli):
     assert result.returncode == 2 and f"cannot read {bad} as .npy" in result.stderr
 
 
+def test_models_describe_lays_out_json_parameters(fake_server, cli):
+    result = cli("models", "describe", "identity", "--url", fake_server.address)
+    assert result.returncode == 0, result.stderr
+    assert "  latency_table: 1:0.2ms 8:0.3ms" in result.stdout
+    assert '      {"batch_size": 1, "predicted_s": 0.0002}' in result.stdout
+    assert "inference_count: 3" in result.stdout
+
+
 # -- against a real Kairos server -------------------------------------------------------------
 
 
