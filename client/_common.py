@@ -57,6 +57,10 @@ class InferenceServerError(Exception):
         self.code = code
         self.unreachable = unreachable
 
+    def __reduce__(self) -> tuple:
+        # Picklable (e.g. across a multiprocessing load generator) despite keyword arguments.
+        return (_rebuild_error, (self.status, self.message, self.code, self.unreachable))
+
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> InferenceServerError:
         code = error.code() if hasattr(error, "code") else None
@@ -66,6 +70,12 @@ class InferenceServerError(Exception):
             hint in details.lower() for hint in _UNREACHABLE_HINTS
         )
         return cls(status, details, code=code, unreachable=unreachable)
+
+
+def _rebuild_error(
+    status: str, message: str, code: grpc.StatusCode | None, unreachable: bool
+) -> InferenceServerError:
+    return InferenceServerError(status, message, code=code, unreachable=unreachable)
 
 
 @dataclass
