@@ -493,3 +493,29 @@ def test_codec_raises_only_tensor_error(datatype, shape, raw, floats, ints):
         assert str(exc)
         return
     assert arrays["x"].shape == tuple(shape)
+
+
+def test_undecodable_messages_on_a_stream(server):
+    """A stream message that is not a ModelInferRequest gets an INVALID_ARGUMENT error
+    response; the stream goes on serving the messages after it."""
+    rng = random.Random(SEED + 2)
+    messages = []
+    for index in range(60):
+        if index % 2:
+            messages.append(undecodable(rng))
+        else:
+            request = _base(rng)
+            request.id = str(index)
+            messages.append(request.SerializeToString())
+    with grpc.insecure_channel(server.address) as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        replies = list(stream(iter(messages), timeout=60))
+    assert len(replies) == len(messages)
+    errors = [r.error_message for r in replies if r.error_message]
+    assert len(errors) == 30
+    assert all(e.startswith("INVALID_ARGUMENT: request is not a valid") for e in errors)
+    assert sorted(int(r.infer_response.id) for r in replies if not r.error_message) == list(range(0, 60, 2))
