@@ -1,0 +1,321 @@
+"""`kairos batch` against a real Kairos server: 100k rows bit-identical and in order, npy/npz/
+Parquet round trips, resume after the client is SIGKILLed and after the server goes away,
+bad inputs refused before anything is sent.
+
+The last test is a scheduler regression test, marked xfail until the scheduler owner fixes it
+(see its docstring): it is what the batch-mode report asks of `server/scheduler/core.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from kairos.client import InferenceClient
+from kairos.client.batch import main as batch_main
+from kairos.client.batch.checkpoint import checkpoint_path, parts_path
+from kairos.client.batch.datasets import arrow_to_numpy
+from kairos.server.demo_models import build_mlp
+from kairos_testing.models import add_sub, write_model
+from kairos_testing.server import running_server
+
+pytestmark = pytest.mark.slow
+
+MLP = "mlp16"
+CONFIG = "max_batch_size: 64\nslo_ms: 50\n"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("batch-repo") / "repo"
+    write_model(root, MLP, build_mlp((16, 32, 4), seed=16, name=MLP), config=CONFIG)
+    write_model(root, "add_sub", add_sub(), config=CONFIG)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path):
+    with running_server(repo) as process:
+        yield process
+
+
+def reference(repo: Path, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of in-process onnxruntime, one thread, on the same model file."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(repo / model / "1" / "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def features(rows: int, seed: int = 0, width: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, width), dtype=np.float32)
+
+
+def run_cli(*args: str) -> int:
+    return batch_main(["--no-progress", *args])
+
+
+def scheduler_state(address: str, model: str) -> dict:
+    with InferenceClient(address) as client:
+        config = client.model_config(model)
+    return json.loads(config.parameters["kairos.scheduler"].string_value)
+
+
+def inference_count(address: str, model: str) -> int:
+    with InferenceClient(address) as client:
+        stats = client.model_statistics(model)
+    return sum(entry.inference_count for entry in stats.model_stats)
+
+
+def test_100k_rows_bit_identical_and_in_order(server, repo, tmp_path) -> None:
+    x = features(100_000)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    summary = tmp_path / "summary.json"
+    # 1000 rows per request: more than max_batch_size, so the scheduler splits every request
+    code = run_cli(MLP, "-i", str(tmp_path / "x.npy"), "-o", str(out), "--url", server.address,
+                   "--rows-per-request", "1000", "--in-flight", "3", "--summary-json", str(summary))
+    assert code == 0
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == (100_000, 4)
+    assert np.array_equal(got, reference(repo, MLP, {"input": x})["output"])
+    report = json.loads(summary.read_text())
+    assert report["rows"] == 100_000 and report["requests"] == 100 and report["retries"] == 0
+    assert not checkpoint_path(out).exists() and not parts_path(out).exists()
+    state = scheduler_state(server.address, MLP)
+    assert max(int(size) for size in state["batch_sizes"]) <= 64  # executed in pieces
+
+
+def test_npz_round_trip_two_inputs(server, repo, tmp_path) -> None:
+    a, b = features(5000, 1, 4), features(5000, 2, 4)
+    np.savez(tmp_path / "in.npz", a=a, b=b)
+    out = tmp_path / "out.npz"
+    assert run_cli("add_sub", "-i", str(tmp_path / "in.npz"), "-o", str(out),
+                   "--url", server.address, "-n", "700") == 0
+    got = np.load(out)
+    want = reference(repo, "add_sub", {"a": a, "b": b})
+    assert set(got.files) == {"sum", "difference"}
+    for name, value in want.items():
+        assert np.array_equal(got[name], value)
+
+
+def test_parquet_round_trip_and_column_mapping(server, repo, tmp_path) -> None:
+    a, b = features(3000, 3, 4), features(3000, 4, 4)
+    table = pa.table({
+        "a": pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), 4),
+        "b": pa.array(list(b), type=pa.list_(pa.float32())),  # variable list, equal lengths
+        "row_id": pa.array(np.arange(3000)),  # not a model input: ignored
+    })
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=1000)
+    out = tmp_path / "out.parquet"
+    assert run_cli("add_sub", "-i", str(tmp_path / "in.parquet"), "-o", str(out),
+                   "--url", server.address, "-n", "512") == 0
+    got = pq.read_table(out)
+    want = reference(repo, "add_sub", {"a": a, "b": b})
+    for name, value in want.items():
+        assert np.array_equal(arrow_to_numpy(out, name, got.column(name)), value)
+
+
+def test_npy_to_parquet_and_npz_outputs(server, repo, tmp_path) -> None:
+    x = features(2000, 5)
+    np.save(tmp_path / "x.npy", x)
+    want = reference(repo, MLP, {"input": x})["output"]
+    assert run_cli(MLP, "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.parquet"),
+                   "--url", server.address) == 0
+    column = pq.read_table(tmp_path / "y.parquet").column("output")
+    assert np.array_equal(arrow_to_numpy("y", "output", column), want)
+    assert run_cli(MLP, "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npz"),
+                   "--url", server.address) == 0
+    assert np.array_equal(np.load(tmp_path / "y.npz")["output"], want)
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, text the error must contain)."""
+    np.save(tmp / "f64.npy", features(10).astype(np.float64))
+    np.save(tmp / "narrow.npy", features(10, width=15))
+    (tmp / "junk.npy").write_bytes(b"\x93NUMPY garbage")
+    np.savez(tmp / "only_a.npz", a=features(10, width=4))
+    np.savez(tmp / "ab.npz", a=features(10, width=4), b=features(10, width=4))
+    pq.write_table(pa.table({"x": pa.array(np.zeros(10, np.float32))}), tmp / "nocol.parquet")
+    good = tmp / "good.npy"
+    np.save(good, features(10))
+    return {
+        "missing": ([MLP, "-i", str(tmp / "nope.npy")], "no such file"),
+        "corrupt": ([MLP, "-i", str(tmp / "junk.npy")], "cannot read"),
+        "dtype": ([MLP, "-i", str(tmp / "f64.npy")], "float64"),
+        "shape": ([MLP, "-i", str(tmp / "narrow.npy")], "shape"),
+        "npz_missing_input": (["add_sub", "-i", str(tmp / "only_a.npz")], "'b'"),
+        "parquet_columns": ([MLP, "-i", str(tmp / "nocol.parquet")], "no column"),
+        "unknown_model": (["no-such-model", "-i", str(good)], "no-such-model"),
+        "output_format": ([MLP, "-i", str(good), "-o", str(tmp / "y.csv")], "unknown output"),
+        "npy_two_outputs": (["add_sub", "-i", str(tmp / "ab.npz")], "holds one array"),
+    }
+
+
+def test_bad_inputs_exit_2_before_sending(server, tmp_path, capsys) -> None:
+    before = inference_count(server.address, MLP) + inference_count(server.address, "add_sub")
+    for name, (args, message) in _bad_inputs(tmp_path).items():
+        if "-o" not in args:
+            args = [*args, "-o", str(tmp_path / f"{name}.npy")]
+        code = run_cli(*args, "--url", server.address)
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert "error:" in err and message in err and "Traceback" not in err, (name, err)
+    after = inference_count(server.address, MLP) + inference_count(server.address, "add_sub")
+    assert after == before  # nothing was sent
+
+
+def _start_cli(args: list[str], log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "kairos.client.batch", "--no-progress", *args]
+    with open(log, "wb") as handle:
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _wait_for_progress(out: Path, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert process.poll() is None, f"finished before it could be stopped:\n{log.read_text()}"
+        try:
+            if json.loads(checkpoint_path(out).read_text())["rows_done"] > 0:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"no progress in {timeout}s:\n{log.read_text()}")
+
+
+def test_resume_after_client_sigkill(server, repo, tmp_path) -> None:
+    rows = 200_000
+    x = features(rows, 6)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    # small requests and frequent checkpoints: slow enough to be killed mid-run
+    args = [MLP, "-i", str(tmp_path / "x.npy"), "-o", str(out), "--url", server.address,
+            "--checkpoint-interval-s", "0.02"]
+    log = tmp_path / "first.log"
+    first = _start_cli([*args, "-n", "40", "-k", "2"], log)
+    _wait_for_progress(out, first, log)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    done = json.loads(checkpoint_path(out).read_text())["rows_done"]
+    assert 0 < done < rows and not out.exists()  # no silently short output
+    summary = tmp_path / "summary.json"
+    assert run_cli(*args, "-n", "2000", "--resume", "--summary-json", str(summary)) == 0
+    report = json.loads(summary.read_text())
+    assert report["resumed_from"] == done and report["rows"] == rows - done
+    assert np.array_equal(np.load(out), reference(repo, MLP, {"input": x})["output"])
+    assert not checkpoint_path(out).exists()
+
+
+def test_server_lost_mid_run_leaves_resumable_checkpoint(repo, tmp_path) -> None:
+    rows = 200_000
+    x = features(rows, 7)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.parquet"
+    common = [MLP, "-i", str(tmp_path / "x.npy"), "-o", str(out), "--checkpoint-interval-s", "0.02"]
+    log = tmp_path / "first.log"
+    with running_server(repo) as doomed:
+        first = _start_cli([*common, "--url", doomed.address, "-n", "40", "-k", "2",
+                            "--max-retries", "3"], log)
+        _wait_for_progress(out, first, log)
+    assert first.wait(60) == 1, log.read_text()
+    text = log.read_text()
+    assert "--resume" in text and "Traceback" not in text
+    assert not out.exists() and checkpoint_path(out).exists()
+    with running_server(repo) as second:
+        assert run_cli(*common, "--url", second.address, "-n", "4000", "--resume") == 0
+    got = arrow_to_numpy(out, "output", pq.read_table(out).column("output"))
+    assert np.array_equal(got, reference(repo, MLP, {"input": x})["output"])
+
+
+def test_checkpoint_without_resume_is_refused(server, tmp_path, capsys) -> None:
+    np.save(tmp_path / "x.npy", features(10))
+    out = tmp_path / "y.npy"
+    checkpoint_path(out).write_text('{"format": 1, "rows_done": 0}')
+    assert run_cli(MLP, "-i", str(tmp_path / "x.npy"), "-o", str(out), "--url", server.address) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+# -- what batch mode needs from the scheduler (server/scheduler: not ours to edit) -------
+
+
+@pytest.mark.xfail(reason="scheduler: one expired online request shrinks batch pieces to 1 row "
+                   "for the model's lifetime (SchedulerCore.online_budget is an all-time min)",
+                   strict=False)
+def test_scheduler_one_late_online_request_does_not_collapse_batch_pieces() -> None:
+    """SchedulerCore.admit sets `online_budget = min(online_budget, deadline - now)` for every
+    online request, before refusing it, and never forgets. One request that arrives with its
+    deadline (nearly) spent, e.g. a client that queued it too long, makes the budget <= 0;
+    from then on `_greedy` cuts every batch-class piece to 1 row (`take = fit if fit > 0 else 1`),
+    so batch mode runs ~30x slower for the life of the model (seen end to end: slo_batch_size 1,
+    105k executions of 1 row during a 1M-row job). Expected: batch pieces sized from a robust
+    online budget (the model's SLO, or a recent quantile of admitted online slack), so a
+    straggler, let alone a refused one, does not shrink them."""
+    from kairos.server.errors import KairosError
+    from kairos.server.scheduler.core import SchedulerCore
+    from kairos.server.scheduler.latency import LatencyModel
+    from kairos.server.types import InferenceRequest
+
+    latency = LatencyModel(64)
+    for _ in range(10):
+        for rows in latency.buckets:
+            latency.observe(rows, 0.0001 + 0.00002 * rows)
+    core = SchedulerCore(latency=latency, max_batch_size=64)
+
+    def request(rows: int, now: float, budget: float, klass: str) -> InferenceRequest:
+        inputs = {"input": np.zeros((rows, 16), np.float32)}
+        return InferenceRequest(model="m", version="1", inputs=inputs, outputs=None, rows=rows,
+                                deadline=now + budget, arrival=now, klass=klass)
+
+    now = 100.0
+    core.admit(request(1, now, 0.050, "online"), now)  # a normal online request: 50 ms
+    batch = core.next_batch(now)
+    core.finish(batch, now + 0.0001, 0.0001)
+    now += 0.01
+    with pytest.raises(KairosError):  # one straggler arriving past its deadline: refused
+        core.admit(request(1, now, -0.001, "online"), now)
+    now += 0.01
+    core.admit(request(1000, now, 600.0, "batch"), now)
+    piece = core.next_batch(now)
+    assert piece is not None and piece.rows >= 32, piece
+
+
+@pytest.mark.xfail(reason="scheduler: batch-class rows count against max_queued_rows, so a "
+                   "batch job refuses online requests with RESOURCE_EXHAUSTED", strict=False)
+def test_scheduler_queued_batch_rows_do_not_refuse_online_requests() -> None:
+    """SchedulerCore.admit refuses any request when `queued_rows + rows > max_queued_rows`,
+    counting batch-class rows. A batch client keeping a few thousand rows queued (the
+    natural way to keep the executor busy) therefore makes online requests fail with
+    RESOURCE_EXHAUSTED "queue full", i.e. batch work hurts online traffic. Expected: online
+    admission counts online rows only (or batch rows get their own bound), so an online
+    request is admitted while batch work waits."""
+    from kairos.server.scheduler.core import SchedulerCore
+    from kairos.server.scheduler.latency import LatencyModel
+    from kairos.server.types import InferenceRequest
+
+    latency = LatencyModel(64)
+    for _ in range(10):
+        for rows in latency.buckets:
+            latency.observe(rows, 0.0001 + 0.00002 * rows)
+    core = SchedulerCore(latency=latency, max_batch_size=64, max_queued_rows=4096)
+    now = 100.0
+
+    def request(rows: int, budget: float, klass: str) -> InferenceRequest:
+        inputs = {"input": np.zeros((rows, 16), np.float32)}
+        return InferenceRequest(model="m", version="1", inputs=inputs, outputs=None, rows=rows,
+                                deadline=now + budget, arrival=now, klass=klass)
+
+    for _ in range(4):
+        core.admit(request(1024, 600.0, "batch"), now)  # 4096 batch rows queued
+    core.admit(request(1, 0.050, "online"), now)  # must not be refused as "queue full"
