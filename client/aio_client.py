@@ -84,6 +84,7 @@ class AsyncInferenceClient:
     ) -> None:
         self.url = normalize_url(url)
         options = channel_options(max_message_mb) + list(channel_args)
+        ssl = ssl or url.startswith(("grpcs://", "https://"))
         credentials = channel_credentials(ssl, ssl_root_cert, ssl_client_cert, ssl_client_key)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(self.url, options=options)

@@ -48,9 +48,11 @@ def _translate_errors(method: Callable[..., T]) -> Callable[..., T]:
 class InferenceClient:
     """A blocking V2 client over one gRPC channel (thread-safe; share one per process).
 
-    `timeout` arguments are seconds and become the call's gRPC deadline. TLS is used when
-    `ssl` is true or any certificate is given (PEM bytes or a file path); `token` is sent as
-    `authorization: Bearer <token>` metadata on every call.
+    `url` is host:port (a grpc:// prefix is dropped; grpcs:// means TLS). `timeout` arguments
+    are seconds and become the call's gRPC deadline. TLS is used when `ssl` is true or any
+    certificate is given (PEM bytes or a file path); `token` is sent as
+    `authorization: Bearer <token>` metadata on every call. `max_message_mb` limits messages
+    both ways (0: unlimited).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class InferenceClient:
     ) -> None:
         self.url = normalize_url(url)
         options = channel_options(max_message_mb) + list(channel_args)
+        ssl = ssl or url.startswith(("grpcs://", "https://"))
         credentials = channel_credentials(ssl, ssl_root_cert, ssl_client_cert, ssl_client_key)
         if credentials is None:
             self._channel = grpc.insecure_channel(self.url, options=options)

@@ -99,6 +99,13 @@ def test_bearer_token_and_headers_are_sent(fake_server):
     assert seen["x-team"] == "a"
 
 
+def test_grpcs_scheme_means_tls(fake_server):
+    with InferenceClient(f"grpcs://{fake_server.address}") as client, pytest.raises(
+        InferenceServerError
+    ):
+        client.server_live(timeout=5)  # a TLS handshake with a plaintext server fails
+
+
 def test_client_cert_needs_key():
     with pytest.raises(ValueError, match="together"):
         InferenceClient("127.0.0.1:1", ssl_client_cert=b"cert")
