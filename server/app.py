@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -179,12 +180,18 @@ class KairosServer:
         self.ready = False
         self.servicer.accepting = False
         await self.health.enter_graceful_shutdown()
+        # Open streams end (UNAVAILABLE) once the requests they read are answered.
+        streams = asyncio.create_task(
+            asyncio.wait_for(self.servicer.close_streams(), self.args.grace_seconds)
+        )
         if self.watcher is not None:
             await self.watcher.stop()
         if self.args.drain_delay_seconds > 0:
             await asyncio.sleep(self.args.drain_delay_seconds)
         # Waits for every accepted RPC (queued ones included) up to the grace period.
         await server.stop(self.args.grace_seconds)
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await streams
         await self.repository.close()
         log.info("shut down cleanly")
 

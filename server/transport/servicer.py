@@ -152,7 +152,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.options = options
         self.is_ready = is_ready
         self.accepting = True
-        self.active_streams = 0
+        self.streams: set[_Stream] = set()
 
     # ---- health and metadata -----------------------------------------------------------
 
@@ -296,25 +296,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator:
         """Requests are handled concurrently; each response carries its request's id.
-        The stream ends once the client half-closes and every response is sent."""
+        The stream ends once the client half-closes and every response is sent, or
+        when the server shuts down (status UNAVAILABLE, after the requests it read
+        are answered)."""
         limit = self.options.max_streams
-        if limit and self.active_streams >= limit:
+        if limit and len(self.streams) >= limit:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.active_streams} streams open; this server allows at most {limit} "
+                f"{len(self.streams)} streams open; this server allows at most {limit} "
                 "concurrent ModelStreamInfer calls",
             )
-        self.active_streams += 1
+        stream = _Stream()
+        self.streams.add(stream)
         try:
-            async for item in self._serve_stream(request_iterator):
+            async for item in self._serve_stream(request_iterator, stream):
                 yield item
+            if stream.closed_by_server:
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details(
+                    "server is shutting down: the stream was closed after answering every "
+                    "request it had read; resend the rest elsewhere"
+                )
         finally:
-            self.active_streams -= 1
+            self.streams.discard(stream)
 
-    async def _serve_stream(self, request_iterator) -> AsyncIterator:
+    @property
+    def active_streams(self) -> int:
+        return len(self.streams)
+
+    async def close_streams(self) -> None:
+        """Shutdown (after `accepting` turned False): let every open stream answer the
+        requests it has read, then end it, so clients holding streams open need not
+        wait out the grace period."""
+        await asyncio.gather(*(stream.close() for stream in list(self.streams)))
+
+    async def _serve_stream(self, request_iterator, stream: _Stream) -> AsyncIterator:
+        if stream.closed_by_server:
+            return
         results: asyncio.Queue = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
-        reader = asyncio.create_task(self._read_stream(request_iterator, results, window))
+        reader = stream.reader = asyncio.create_task(
+            self._read_stream(request_iterator, results, window, stream.tasks)
+        )
         try:
             while True:
                 item = await results.get()
@@ -322,12 +345,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     break
                 window.release()
                 yield item
-            await reader
+            if not stream.closed_by_server:
+                await reader
         finally:
             reader.cancel()
 
-    async def _read_stream(self, requests, results: asyncio.Queue, window) -> None:
-        tasks: set[asyncio.Task] = set()
+    async def _read_stream(self, requests, results: asyncio.Queue, window, tasks: set) -> None:
         try:
             async for request in requests:
                 await window.acquire()
@@ -442,6 +465,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         context.set_code(status_of(error))
         context.set_details(str(error))
         return empty
+
+
+class _Stream:
+    """One open ModelStreamInfer call: its reader task and the requests in progress."""
+
+    def __init__(self) -> None:
+        self.reader: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.closed_by_server = False
+
+    async def close(self) -> None:
+        # Every task was created before `accepting` turned False (and is answered) or
+        # after (and refuses at once): waiting for this snapshot loses no accepted request.
+        pending = list(self.tasks)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.closed_by_server = True
+        if self.reader is not None:
+            self.reader.cancel()
 
 
 def _read_parameters(parameters) -> tuple[int | None, int, str]:

@@ -240,3 +240,41 @@ def test_sigterm_drains_accepted_requests_and_exits_zero(slow_repo: Path):
     assert outcomes["lost"] == 0, load.lost[:5]
     assert answered_after_signal > 0  # requests in flight at SIGTERM were finished, not dropped
     assert "shut down cleanly" in log
+
+
+def test_sigterm_ends_open_streams_after_answering_them(slow_repo: Path):
+    """A client holding a stream open does not hold up shutdown for the whole grace
+    period: its stream answers what the server read, then ends UNAVAILABLE."""
+    import queue
+
+    with running_server(slow_repo, "--grace-seconds", "120") as server, \
+            grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        requests: queue.Queue = queue.Queue()
+        replies = stub.ModelStreamInfer(iter(requests.get, None), timeout=TIMEOUT * 2)
+        x = np.ones((1, SLOW_WIDTH), np.float32)
+        for index in range(40):
+            request = codec.build_request("slow", {"input": x}, request_id=str(index))
+            requests.put(request)
+        first = next(replies)
+        assert not first.error_message, first.error_message
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        answered, refused, ended = [first], [], None
+        try:
+            for reply in replies:  # the client never half-closes
+                (refused if reply.error_message else answered).append(reply)
+        except grpc.RpcError as error:
+            ended = error
+        finally:
+            requests.put(None)
+        code = server.process.wait(60)
+    assert ended is not None and ended.code() == grpc.StatusCode.UNAVAILABLE, ended
+    assert "shutting down" in ended.details()
+    assert all(r.error_message.startswith("UNAVAILABLE: server is shutting down") for r in refused)
+    ids = [r.infer_response.id for r in answered + refused]
+    assert len(ids) == len(set(ids))  # nothing answered twice
+    print(f"stream at SIGTERM: {len(answered)} answered, {len(refused)} refused, "
+          f"{40 - len(ids)} unread (to resend), stream ended after {time.monotonic() - signalled:.1f}s")
+    assert code == 0
+    assert len(answered) > 1  # requests in flight at SIGTERM were finished
