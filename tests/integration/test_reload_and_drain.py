@@ -182,7 +182,7 @@ def test_unload_drains_in_flight_requests(slow_repo: Path):
             future = stub.ModelInfer.future(codec.build_request("slow", {"input": x}), timeout=TIMEOUT)
             future.add_done_callback(lambda f: done_at.setdefault(id(f), time.monotonic()))
             futures.append(future)
-        futures[0].result()  # the server is busy and has the rest queued or arriving
+        futures[5].result()  # the server is busy: by now it has read and queued many more
         started = time.monotonic()
         stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="slow"), timeout=TIMEOUT)
         unloaded = time.monotonic()
