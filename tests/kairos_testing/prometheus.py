@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -186,3 +187,24 @@ def _wait_ready(prom: PrometheusProcess, timeout: float) -> None:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"prometheus not ready after {timeout}s:\n{prom.log()}")
+
+
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
+             "and", "or", "unless", "inf", "nan"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Series names a PromQL expression selects (a small lexer, enough for our dashboards
+    and rules: no `__name__` matchers)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)                     # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)                    # range / subquery
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\boffset\s+\w+", " ", text)
+    text = re.sub(r"(?<![\w:])\d+(\.\d+)?([eE][+-]?\d+)?", " ", text)  # numbers
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        if text[match.end():].lstrip().startswith("(") or match.group().lower() in _KEYWORDS:
+            continue  # a function or aggregation, or an operator word
+        names.add(match.group())
+    return names
