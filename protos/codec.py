@@ -34,6 +34,8 @@ DATATYPE_TO_DTYPE: dict[str, np.dtype] = {
     "BYTES": np.dtype(np.object_),
 }
 ALL_DATATYPES = frozenset(DATATYPE_TO_DTYPE) | {"BF16"}
+# dtype -> datatype, for O(1) lookups on the hot path.
+DTYPE_TO_DATATYPE: dict[np.dtype, str] = {dtype: name for name, dtype in DATATYPE_TO_DTYPE.items()}
 
 # Which typed `contents` field carries each datatype (FP16/BF16 have none).
 _CONTENTS_FIELD = {
@@ -63,11 +65,11 @@ class TensorError(ValueError):
 def datatype_of(array: np.ndarray) -> str:
     """The protocol datatype string for a numpy array."""
     kind = array.dtype
-    if kind == np.object_ or kind.kind in ("S", "U"):
+    name = DTYPE_TO_DATATYPE.get(kind)
+    if name is not None:
+        return name
+    if kind.kind in ("S", "U"):
         return "BYTES"
-    for name, dtype in DATATYPE_TO_DTYPE.items():
-        if dtype == kind:
-            return name
     raise TensorError(f"numpy dtype {kind} has no Open Inference Protocol datatype")
 
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from kairos.protos.codec import DTYPE_TO_DATATYPE
 
 from .errors import InvalidInput
 from .types import ModelSignature
 
 
 def datatype_name(array: np.ndarray) -> str:
-    if array.dtype == np.object_:
-        return "BYTES"
-    return {"b": "BOOL", "u": "UINT", "i": "INT", "f": "FP"}[array.dtype.kind] + (
-        "" if array.dtype.kind == "b" else str(array.dtype.itemsize * 8)
-    )
+    return DTYPE_TO_DATATYPE.get(array.dtype, str(array.dtype))
 
 
 def validate_inputs(
