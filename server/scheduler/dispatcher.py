@@ -294,7 +294,7 @@ class AsyncDispatcher:
             batch.rows,
             [batch.start - t.arrival for t, _, _ in items],
             compute,
-            batch.predicted if self.latency.known() else None,
+            batch.predicted if batch.predicted > 0 else None,  # 0: nothing learned yet
         )
 
     def _failed(self, batch: Batch, exc: Exception) -> None:
@@ -337,7 +337,8 @@ class AsyncDispatcher:
 
 
 def _select(outputs: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:
-    if wanted is None or len(wanted) == len(outputs):
+    """The outputs a request asked for, in its order (the runner's dict when it matches)."""
+    if wanted is None or list(outputs) == wanted:
         return outputs
     return {name: outputs[name] for name in wanted}
 

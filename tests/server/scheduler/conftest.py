@@ -105,3 +105,9 @@ def req(clock: FakeClock):
 @pytest.fixture
 def fake_runner_class() -> type[NumpyRunner]:
     return NumpyRunner
+
+
+@pytest.fixture
+def request_factory():
+    """make_request(clock, value, rows, slo, ...) for a clock of the test's choosing."""
+    return make_request

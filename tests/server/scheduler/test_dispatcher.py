@@ -1,0 +1,295 @@
+"""The asyncio dispatcher with a numpy runner: exact splitting, modes, errors, lifecycle.
+
+Deterministic: a fake clock that only the runner advances; executions held in
+flight with an Event where a test needs a busy executor. No timing assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from server.errors import DeadlineExceeded, InternalError, Refused, ShuttingDown
+from server.metrics import MetricsSink
+from server.repository.config import SchedulingSettings
+from server.scheduler.factory import make_dispatcher
+from server.scheduler.interface import MonotonicClock
+
+
+def build(runner, clock, max_batch_size=16, metrics=None, **settings):
+    settings.setdefault("profile", False)
+    return make_dispatcher(
+        model="m",
+        version="1",
+        runner=runner,
+        settings=SchedulingSettings(**settings),
+        max_batch_size=max_batch_size,
+        metrics=metrics or MetricsSink(),
+        clock=clock,
+    )
+
+
+def expected(request):
+    x = request.inputs["x"]
+    return {"y": x * 2 + 1, "s": x.sum(axis=-1, keepdims=True)}
+
+
+async def wait_started(runner):
+    assert await asyncio.to_thread(runner.started.wait, 5)
+
+
+@pytest.mark.parametrize("execution", ["inline", "thread", "auto"])
+def test_concurrent_requests_share_a_batch_and_get_exactly_their_rows(runner, clock, req, execution):
+    async def main():
+        dispatcher = build(runner, clock, execution=execution)
+        await dispatcher.start()
+        requests = [req(10 * i, rows=rows) for i, rows in enumerate([1, 3, 2, 1, 4])]
+        results = await asyncio.gather(*(dispatcher.submit(r) for r in requests))
+        await dispatcher.close()
+        return requests, results, dispatcher.describe()
+
+    requests, results, info = asyncio.run(main())
+    assert runner.batches == [11]  # all admitted before the dispatch callback ran
+    for request, result in zip(requests, results, strict=True):
+        want = expected(request)
+        assert result.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(result[name], want[name])
+    assert info["counts"]["completed"] == 5 and info["batch_sizes"] == {11: 1}
+    assert info["thread_batches" if execution == "thread" else "inline_batches"] == 1
+
+
+def test_each_request_gets_the_outputs_it_asked_for(runner, clock, req):
+    async def main():
+        dispatcher = build(runner, clock)
+        requests = [req(1, outputs=["y"]), req(2, outputs=["s"]), req(3), req(4, outputs=["s", "y"])]
+        return await asyncio.gather(*(dispatcher.submit(r) for r in requests))
+
+    results = asyncio.run(main())
+    assert [list(r) for r in results] == [["y"], ["s"], ["y", "s"], ["s", "y"]]
+    np.testing.assert_array_equal(results[1]["s"], np.full((1, 1), 8.0, np.float32))
+
+
+def test_a_lone_request_is_passed_through_without_copies(runner, clock, req):
+    seen = []
+    original = runner.run
+
+    def run(inputs, outputs):
+        seen.append(inputs)
+        return original(inputs, outputs)
+
+    runner.run = run
+
+    async def main():
+        dispatcher = build(runner, clock)
+        request = req(5, rows=2)
+        await dispatcher.submit(request)
+        return request
+
+    request = asyncio.run(main())
+    assert seen[0] is request.inputs
+
+
+def test_prepare_profiles_every_bucket(runner, clock):
+    dispatcher = build(runner, clock, max_batch_size=8, profile=True)
+    dispatcher.prepare()
+    table = dispatcher.describe()["latency_table"]
+    assert [row["batch_size"] for row in table] == [1, 2, 4, 8]
+    for row in table:  # the runner takes exactly 1 ms + 0.1 ms * rows on the fake clock
+        assert row["predicted_s"] == pytest.approx(0.001 + 0.0001 * row["batch_size"])
+        assert row["observations"] >= 5
+
+
+def test_describe_keys(runner, clock):
+    info = build(runner, clock).describe()
+    for key in ("policy", "execution", "latency_table", "queue", "counts", "batch_sizes",
+                "max_batch_size", "executors", "latency_quantile", "model", "version"):
+        assert key in info
+    assert info["counts"]["batch1_dispatches"] == 0
+
+
+def test_full_queue_is_refused_while_an_execution_runs(runner, clock, req):
+    runner.gate = threading.Event()
+
+    async def main():
+        dispatcher = build(runner, clock, execution="thread", max_queued_rows=2)
+        first = asyncio.create_task(dispatcher.submit(req(0, slo=10.0)))
+        await wait_started(runner)
+        queued = [asyncio.create_task(dispatcher.submit(req(i, slo=10.0))) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Refused):
+            await dispatcher.submit(req(3, slo=10.0))
+        runner.gate.set()
+        await asyncio.gather(first, *queued)
+
+    asyncio.run(main())
+    assert runner.batches == [1, 2]
+
+
+def test_cancelled_request_leaves_the_queue(runner, clock, req):
+    runner.gate = threading.Event()
+
+    async def main():
+        dispatcher = build(runner, clock, execution="thread")
+        first = asyncio.create_task(dispatcher.submit(req(0, slo=10.0)))
+        await wait_started(runner)
+        doomed = asyncio.create_task(dispatcher.submit(req(1, slo=10.0)))
+        kept = asyncio.create_task(dispatcher.submit(req(2, slo=10.0)))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        await asyncio.sleep(0)
+        runner.gate.set()
+        await asyncio.gather(first, kept)
+        assert doomed.cancelled()
+        return dispatcher.describe()
+
+    info = asyncio.run(main())
+    assert runner.batches == [1, 1]
+    assert info["counts"]["cancelled"] == 1 and info["queue"]["requests"] == 0
+
+
+def test_queued_request_that_cannot_make_it_gets_deadline_exceeded(runner, clock, req):
+    async def main():
+        dispatcher = build(runner, clock, execution="thread", profile=True)
+        dispatcher.prepare()  # L(1) = 1.1 ms on the fake clock
+        runner.started.clear()
+        runner.gate = threading.Event()
+        first = asyncio.create_task(dispatcher.submit(req(0, slo=1.0)))
+        await wait_started(runner)
+        late = asyncio.create_task(dispatcher.submit(req(1, slo=0.003)))
+        await asyncio.sleep(0)
+        clock.advance(0.002)  # the running batch overruns: 1 ms left < L(1)
+        runner.gate.set()
+        await first
+        with pytest.raises(DeadlineExceeded):
+            await late
+        return dispatcher.describe()
+
+    info = asyncio.run(main())
+    assert info["counts"]["expired"] == 1 and info["counts"]["completed"] == 1
+
+
+def test_unmeetable_deadline_is_refused_at_admission(runner, clock, req):
+    async def main():
+        dispatcher = build(runner, clock, profile=True)
+        dispatcher.prepare()
+        profiled = len(runner.batches)
+        with pytest.raises(Refused, match="cannot meet deadline"):
+            await dispatcher.submit(req(0, slo=0.0005))  # L(1) = 1.1 ms
+        assert len(runner.batches) == profiled
+
+    asyncio.run(main())
+
+
+def test_failed_execution_fails_its_requests_and_the_next_ones_still_run(runner, clock, req):
+    runner.fail_next = True
+
+    async def main():
+        dispatcher = build(runner, clock)
+        with pytest.raises(InternalError, match="boom"):
+            await dispatcher.submit(req(0))
+        return await dispatcher.submit(req(7))
+
+    result = asyncio.run(main())
+    np.testing.assert_array_equal(result["y"], np.full((1, 4), 15.0, np.float32))
+
+
+def test_close_drains_then_refuses(runner, clock, req):
+    runner.gate = threading.Event()
+
+    async def main():
+        dispatcher = build(runner, clock, execution="thread")
+        tasks = [asyncio.create_task(dispatcher.submit(req(i, slo=10.0))) for i in range(3)]
+        await wait_started(runner)
+        closing = asyncio.create_task(dispatcher.close(drain=True))
+        await asyncio.sleep(0)
+        runner.gate.set()
+        await closing
+        results = await asyncio.gather(*tasks)
+        with pytest.raises(ShuttingDown):
+            await dispatcher.submit(req(9))
+        return results
+
+    assert len(asyncio.run(main())) == 3
+
+
+def test_close_without_drain_rejects_what_is_queued(runner, clock, req):
+    runner.gate = threading.Event()
+
+    async def main():
+        dispatcher = build(runner, clock, execution="thread")
+        running = asyncio.create_task(dispatcher.submit(req(0, slo=10.0)))
+        await wait_started(runner)
+        queued = asyncio.create_task(dispatcher.submit(req(1, slo=10.0)))
+        await asyncio.sleep(0)
+        closing = asyncio.create_task(dispatcher.close(drain=False))
+        await asyncio.sleep(0)
+        runner.gate.set()
+        await closing
+        await running
+        with pytest.raises(ShuttingDown):
+            await queued
+
+    asyncio.run(main())
+    assert runner.batches == [1]
+
+
+def test_model_without_batch_dimension_runs_one_request_each(runner, clock, req):
+    async def main():
+        dispatcher = build(runner, clock, max_batch_size=0)
+        requests = []
+        for i in range(3):
+            request = req(i)
+            request.inputs = {"x": np.full((4,), float(i), np.float32)}
+            requests.append(request)
+        return requests, await asyncio.gather(*(dispatcher.submit(r) for r in requests))
+
+    requests, results = asyncio.run(main())
+    assert runner.batches == [1, 1, 1]
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(result["y"], request.inputs["x"] * 2 + 1)
+
+
+def test_request_larger_than_max_batch_is_split_and_reassembled_in_order(runner, clock, req):
+    async def main():
+        dispatcher = build(runner, clock, max_batch_size=4)
+        request = req(100, rows=10, klass="batch", slo=10.0)
+        return request, await dispatcher.submit(request)
+
+    request, result = asyncio.run(main())
+    assert runner.batches == [4, 4, 2]
+    np.testing.assert_array_equal(result["y"], expected(request)["y"])
+
+
+def test_fixed_policy_waits_then_dispatches(fake_runner_class, request_factory):
+    clock = MonotonicClock()  # the queue delay is a real loop timer
+    runner = fake_runner_class()
+
+    async def main():
+        dispatcher = build(runner, clock, policy="fixed", max_queue_delay_ms=1.0,
+                           preferred_batch_sizes=[8])
+        return await dispatcher.submit(request_factory(clock, 3, slo=10.0))
+
+    result = asyncio.run(main())
+    assert runner.batches == [1] and result["y"].shape == (1, 4)
+
+
+def test_metrics_see_every_batch(runner, clock, req):
+    class Recorder(MetricsSink):
+        def __init__(self):
+            self.batches = []
+
+        def batch_executed(self, model, version, rows, queue_times_s, compute_s, predicted_s):
+            self.batches.append((model, version, rows, len(queue_times_s), predicted_s))
+
+    recorder = Recorder()
+
+    async def main():
+        dispatcher = build(runner, clock, metrics=recorder)
+        await asyncio.gather(*(dispatcher.submit(req(i)) for i in range(3)))
+
+    asyncio.run(main())
+    assert recorder.batches == [("m", "1", 3, 3, None)]  # no profile: no prediction
