@@ -427,6 +427,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidInput(str(exc)) from None
         signature = served.signature
         rows, shape_key = validate_inputs(signature, inputs)
+        _check_text(signature, inputs)
         limit = self.options.max_rows_per_request
         if limit and rows > limit:
             raise LimitExceeded(f"{rows} rows in one request; this server accepts at most {limit}")
@@ -465,6 +466,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         context.set_code(status_of(error))
         context.set_details(str(error))
         return empty
+
+
+def _check_text(signature, inputs: dict) -> None:
+    """BYTES inputs feed ONNX string tensors, which must be UTF-8. Checked here, per
+    request, so that one bad request is refused alone instead of failing the batch
+    it would have joined (the backend decodes whole batches)."""
+    for spec in signature.inputs:
+        if spec.datatype != "BYTES":
+            continue
+        for index, item in enumerate(inputs[spec.name].flat):
+            try:
+                item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"input '{spec.name}': BYTES element {index} is not valid UTF-8: {exc}"
+                ) from None
+            except AttributeError:  # already text (typed contents decode to bytes; be safe)
+                continue
 
 
 class _Stream:

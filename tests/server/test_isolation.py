@@ -11,9 +11,10 @@ import pytest
 from kairos.protos import codec
 from kairos.protos import grpc_service_pb2 as pb
 from kairos.protos import grpc_service_pb2_grpc as pb_grpc
-from kairos_testing.models import write_model
+from kairos_testing.models import identity, write_model
 from kairos_testing.reliability import TABLE_ROWS, gather_table, mlp, mlp_reference
 from kairos_testing.server import running_server
+from onnx import TensorProto
 
 INTERNAL = grpc.StatusCode.INTERNAL
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -28,6 +29,9 @@ def server(tmp_path_factory):
     # The same model, one request per execution: no neighbours to take down.
     write_model(repo, "gather_alone", gather_table(), config="scheduling:\n  policy: none\n")
     write_model(repo, "mlp", MLP, config="scheduling:\n  policy: fixed\n  max_queue_delay_ms: 2\n")
+    # Holds requests 5 ms to batch them: neighbours certainly share batches.
+    write_model(repo, "text", identity(TensorProto.STRING, width=2),
+                config="scheduling:\n  policy: fixed\n  max_queue_delay_ms: 5\n")
     with running_server(repo) as process:
         yield process
 
@@ -125,3 +129,21 @@ def test_bad_requests_caught_up_front_never_fail_their_neighbours(stub):
     stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp"), timeout=TIMEOUT)
     model = stats.model_stats[0]
     assert model.execution_count < model.inference_count
+
+
+def test_non_utf8_text_is_refused_alone(stub):
+    """ONNX string tensors need UTF-8. A request carrying other bytes is refused up
+    front (INVALID_ARGUMENT); it must not fail the requests batched with it."""
+    sent = []
+    for i in range(200):
+        bad = i % 4 == 0
+        items = np.array([[b"\xff\xfe" if bad else "caf\u00e9".encode(), str(i).encode()]], dtype=object)
+        sent.append((bad, stub.ModelInfer.future(codec.build_request("text", {"input": items}),
+                                                 timeout=TIMEOUT)))
+    for bad, future in sent:
+        if bad:
+            assert future.code() == INVALID and "UTF-8" in future.details()
+        else:
+            assert future.code() == grpc.StatusCode.OK, future.details()
+    stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="text"), timeout=TIMEOUT)
+    assert stats.model_stats[0].execution_count < stats.model_stats[0].inference_count
