@@ -26,6 +26,8 @@ _UNREACHABLE_HINTS = (
     "failed to connect",
     "connection refused",
     "dns resolution failed",
+    "errors resolving",
+    "lookup failed",
     "name resolution",
     "connections to all backends failing",
     "connect failed",

@@ -80,6 +80,11 @@ def describe_server_error(error: InferenceServerError, url: str) -> str:
         return f"cannot reach a server at {url} (is `kairos serve` running?)"
     if error.status == "DEADLINE_EXCEEDED":
         return f"no answer in time from {url}: {error.message}"
+    if error.status == "UNIMPLEMENTED":
+        return (
+            f"the server at {url} does not offer this call ({error.message}); is it an "
+            "Open Inference Protocol (KServe V2) gRPC server?"
+        )
     if error.status == "UNAUTHENTICATED":
         return f"the server refused the credentials: {error.message} (see --token)"
     return f"{error.message} ({error.status})" if error.message else error.status

@@ -293,3 +293,19 @@ def test_serve_runs_the_server_until_sigterm(tmp_path, cli):
     finally:
         code = stop_process(server)
     assert code == 0  # SIGTERM drains and exits cleanly
+
+
+def test_a_server_without_the_v2_service_is_named_as_such(cli):
+    from concurrent import futures
+
+    import grpc
+
+    bare = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    try:
+        result = cli("models", "list", "--url", f"127.0.0.1:{port}")
+    finally:
+        bare.stop(grace=None)
+    assert result.returncode == 1
+    assert "is it an Open Inference Protocol (KServe V2) gRPC server?" in result.stderr
