@@ -309,3 +309,18 @@ def test_a_server_without_the_v2_service_is_named_as_such(cli):
         bare.stop(grace=None)
     assert result.returncode == 1
     assert "is it an Open Inference Protocol (KServe V2) gRPC server?" in result.stderr
+
+
+def test_timeout_token_and_url_from_environment(fake_server, cli, monkeypatch):
+    late = cli(
+        "infer", "identity", "--url", fake_server.address, "--input", "x=[[1, 2]]",
+        "--input", "ids=[1]", "--parameter", "sleep_ms=500", "--timeout-ms", "50",
+    )  # fmt: skip
+    assert late.returncode == 1 and "no answer in time" in late.stderr
+
+    monkeypatch.setenv("KAIROS_URL", fake_server.address)
+    monkeypatch.setenv("KAIROS_TOKEN", "from-env")
+    assert cli("models", "list").returncode == 0
+    assert fake_server.state.seen_metadata[-1]["authorization"] == "Bearer from-env"
+    assert cli("models", "list", "--token", "flag").returncode == 0
+    assert fake_server.state.seen_metadata[-1]["authorization"] == "Bearer flag"
