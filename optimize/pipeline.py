@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,15 +45,21 @@ class Measure:
     threads: int = 1
 
 
+@contextmanager
 def _start(model: Path | str, dest: Destination, suffix: str, *datasets: tuple[Dataset | None, str]
-           ) -> tuple[Source, onnx.ModelProto, Target]:
+           ) -> Iterator[tuple[Source, onnx.ModelProto, Target]]:
+    """Check the inputs, then make the variant's folder; removed again if anything fails."""
     source = resolve_source(model)
     proto = load_onnx(source.path)
     for data, what in datasets:
         if data is not None:
             check_fits(data, proto, what)
     target = prepare_target(source, dest.repository, dest.name, suffix, dest.version, dest.overwrite)
-    return source, proto, target
+    try:
+        yield source, proto, target
+    except BaseException:
+        target.discard()
+        raise
 
 
 def _finish(source: Source, target: Target, technique: str, settings: dict, measure: Measure,
@@ -79,32 +87,40 @@ def quantize_model(model: Path | str, mode: str, measure: Measure, dest: Destina
     if mode == "static" and calibration is None:
         raise DataError("static quantization needs calibration data: pass --calibration FILE")
     suffix = {"dynamic": "int8-dynamic", "static": "int8", "fp16": "fp16"}[mode]
-    source, proto, target = _start(model, dest, suffix, (measure.eval_data, "evaluation data"),
-                                   (calibration if mode == "static" else None, "calibration data"))
-    settings: dict[str, Any] = {"mode": mode}
-    notes: list[str] = []
-    extra: dict[str, Any] = {}
-    if mode == "dynamic":
-        settings |= {"per_channel": per_channel, "weight_type": weight_type}
-        warnings = q.dynamic_int8(proto, target.model_path, per_channel, weight_type)
-        notes.append(rp.DYNAMIC_INT8_NOTE)
-    elif mode == "static":
-        settings |= {"format": "QDQ", "calibration": method, "per_channel": per_channel,
-                     "calibration_rows": len(calibration), "calibration_batch_size": calibration_batch_size,
-                     "activation_type": activation_type, "weight_type": "qint8"}
-        if method != "minmax":
-            settings |= {"num_bins": num_bins, "num_quantized_bins": num_quantized_bins}
-            if method == "percentile":
-                settings["percentile"] = percentile
-        ranges = q.static_int8(proto, target.model_path, calibration.x, method, per_channel,
-                               calibration_batch_size, activation_type, num_bins=num_bins,
-                               num_quantized_bins=num_quantized_bins, percentile=percentile)
-        extra["calibration_ranges"] = q.range_summary(ranges)
-        warnings = []
-    else:
-        warnings = q.fp16(proto, target.model_path)
-    return _finish(source, target, f"quantize-{mode}", settings, measure, warnings, notes,
-                   slow_what=f"{mode} quantization", **extra)
+    calib_check = (calibration if mode == "static" else None, "calibration data")
+    with _start(model, dest, suffix, (measure.eval_data, "evaluation data"), calib_check) as (
+            source, proto, target):
+        settings: dict[str, Any] = {"mode": mode}
+        notes: list[str] = []
+        extra: dict[str, Any] = {}
+        if mode == "dynamic":
+            settings |= {"per_channel": per_channel, "weight_type": weight_type}
+            warnings = q.dynamic_int8(proto, target.model_path, per_channel, weight_type)
+            notes.append(rp.DYNAMIC_INT8_NOTE)
+        elif mode == "static":
+            settings |= _static_settings(method, per_channel, len(calibration), calibration_batch_size,
+                                         activation_type, num_bins, num_quantized_bins, percentile)
+            ranges = q.static_int8(proto, target.model_path, calibration.x, method, per_channel,
+                                   calibration_batch_size, activation_type, num_bins=num_bins,
+                                   num_quantized_bins=num_quantized_bins, percentile=percentile)
+            extra["calibration_ranges"] = q.range_summary(ranges)
+            warnings = []
+        else:
+            warnings = q.fp16(proto, target.model_path)
+        return _finish(source, target, f"quantize-{mode}", settings, measure, warnings, notes,
+                       slow_what=f"{mode} quantization", **extra)
+
+
+def _static_settings(method: str, per_channel: bool, rows: int, batch_size: int, activation_type: str,
+                     num_bins: int, num_quantized_bins: int, percentile: float) -> dict[str, Any]:
+    settings = {"format": "QDQ", "calibration": method, "per_channel": per_channel,
+                "calibration_rows": rows, "calibration_batch_size": batch_size,
+                "activation_type": activation_type, "weight_type": "qint8"}
+    if method != "minmax":
+        settings |= {"num_bins": num_bins, "num_quantized_bins": num_quantized_bins}
+    if method == "percentile":
+        settings["percentile"] = percentile
+    return settings
 
 
 def _shapes(mlp: Mlp) -> list[list[int]]:
@@ -121,27 +137,27 @@ def prune_model(model: Path | str, settings: PruneSettings, measure: Measure,
     settings.check()
     pct = int(round(settings.sparsity * 100))
     suffix = f"pruned{pct}" if settings.method == "structured" else f"sparse{pct}"
-    source, proto, target = _start(model, dest, suffix, (measure.eval_data, "evaluation data"),
-                                   (train_data, "training data"))
-    original = read_mlp(proto)
-    if train_data is not None and cfg.epochs > 0:
-        if train_data.y is None:
-            raise DataError(f"fine-tuning needs labels: {train_data.source} has none")
-        pruned = prune_finetune(original, train_data.x, train_data.y, settings, cfg)
-        tuning = {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-                  "rows": len(train_data)}
-    else:
-        pruned, tuning = prune_oneshot(original, settings), None
-    save_model(build_model(pruned), target.model_path)
-    info = {"weight_shapes_before": _shapes(original), "weight_shapes_after": _shapes(pruned),
-            "hidden_sizes_before": original.hidden_sizes(), "hidden_sizes_after": pruned.hidden_sizes(),
-            "weight_sparsity": weight_sparsity(pruned)}
-    notes = []
-    if settings.method == "unstructured":
-        notes.append("Unstructured zeros keep every matrix shape; onnxruntime's CPU kernels are "
-                     "dense, so expect no speed-up and no smaller file (see latency above).")
-    return _finish(source, target, f"prune-{settings.method}", asdict(settings) | {"fine_tuning": tuning},
-                   measure, [], notes, slow_what=f"{settings.method} pruning", pruning=info)
+    with _start(model, dest, suffix, (measure.eval_data, "evaluation data"),
+                (train_data, "training data")) as (source, proto, target):
+        original = read_mlp(proto)
+        if train_data is not None and cfg.epochs > 0:
+            if train_data.y is None:
+                raise DataError(f"fine-tuning needs labels: {train_data.source} has none")
+            pruned = prune_finetune(original, train_data.x, train_data.y, settings, cfg)
+            tuning = {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                      "rows": len(train_data)}
+        else:
+            pruned, tuning = prune_oneshot(original, settings), None
+        save_model(build_model(pruned), target.model_path)
+        info = {"weight_shapes_before": _shapes(original), "weight_shapes_after": _shapes(pruned),
+                "hidden_sizes_before": original.hidden_sizes(), "hidden_sizes_after": pruned.hidden_sizes(),
+                "weight_sparsity": weight_sparsity(pruned)}
+        notes = []
+        if settings.method == "unstructured":
+            notes.append("Unstructured zeros keep every matrix shape; onnxruntime's CPU kernels are "
+                         "dense, so expect no speed-up and no smaller file (see latency above).")
+        return _finish(source, target, f"prune-{settings.method}", asdict(settings) | {"fine_tuning": tuning},
+                       measure, [], notes, slow_what=f"{settings.method} pruning", pruning=info)
 
 
 def distill_model(model: Path | str, settings: Any, train_data: Dataset, measure: Measure,
@@ -154,15 +170,15 @@ def distill_model(model: Path | str, settings: Any, train_data: Dataset, measure
     dest, cfg = dest or Destination(), cfg or TrainConfig()
     if train_data.y is None:
         raise DataError(f"distillation needs labelled training data: {train_data.source} has no labels")
-    source, proto, target = _start(model, dest, "distilled", (measure.eval_data, "evaluation data"),
-                                   (train_data, "training data"))
-    distilled, hard = ds.distill(source.path, train_data.x, train_data.y, settings, cfg)
-    save_model(build_model(distilled), target.model_path)
-    students = [_student("distilled (soft + hard targets)", distilled, target.model_path, source, measure),
-                _student("hard labels only", hard, None, source, measure)]
-    config = asdict(settings) | {"temperature": cfg.temperature, "alpha": cfg.alpha, "epochs": cfg.epochs,
-                                 "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed}
-    return _finish(source, target, "distill", config, measure, [], students=students)
+    with _start(model, dest, "distilled", (measure.eval_data, "evaluation data"),
+                (train_data, "training data")) as (source, proto, target):
+        distilled, hard = ds.distill(source.path, train_data.x, train_data.y, settings, cfg)
+        save_model(build_model(distilled), target.model_path)
+        students = [_student("distilled (soft + hard targets)", distilled, target.model_path, source, measure),
+                    _student("hard labels only", hard, None, source, measure)]
+        config = asdict(settings) | {"temperature": cfg.temperature, "alpha": cfg.alpha, "epochs": cfg.epochs,
+                                     "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed}
+        return _finish(source, target, "distill", config, measure, [], students=students)
 
 
 def _student(name: str, mlp: Mlp, path: Path | None, source: Source, measure: Measure) -> dict[str, Any]:

@@ -42,12 +42,17 @@ QUINT8_WARNING = "QUInt8 weights are known to run slower than QInt8 on AVX-512 V
 
 @contextmanager
 def _quiet_ort() -> Iterator[None]:
-    """onnxruntime's quantizer logs advice at WARNING for every call; keep the CLI readable."""
+    """onnxruntime's quantizer logs advice at WARNING for every call (keep the CLI readable),
+    and fails with assorted exception types on graphs it cannot handle (name the step)."""
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         yield
+    except OptimizeError:
+        raise
+    except Exception as exc:  # onnxruntime's tools raise many unrelated types
+        raise OptimizeError(f"onnxruntime quantization tools failed: {type(exc).__name__}: {exc}") from exc
     finally:
         logger.setLevel(level)
 

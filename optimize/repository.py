@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kairos.optimize.errors import OptimizeError
@@ -48,6 +48,12 @@ def resolve_source(arg: Path | str) -> Source:
 class Target:
     model_dir: Path
     version: int
+    created: list[Path] = field(default_factory=list)  # folders made here, removed on failure
+
+    def discard(self) -> None:
+        """Remove what prepare_target created, so a failed run leaves no half-made model."""
+        if self.created:
+            shutil.rmtree(self.created[0], ignore_errors=True)
 
     @property
     def model_path(self) -> Path:
@@ -70,6 +76,7 @@ def prepare_target(source: Source, repository: Path | str | None, name: str | No
         raise OptimizeError(f"the variant name '{name}' is the original model's; choose another --name")
     if target.model_path.exists() and not overwrite:
         raise OptimizeError(f"{target.model_path} already exists; pass --overwrite to replace it")
+    target.created = [p for p in (target.model_dir, target.model_path.parent) if not p.exists()]
     target.model_path.parent.mkdir(parents=True, exist_ok=True)
     _copy_config(source, target)
     return target

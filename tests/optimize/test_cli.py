@@ -70,6 +70,7 @@ def test_bad_input_is_one_clear_line(problem: str, repo: Path, digits, tmp_path:
     assert code == 2
     assert err.startswith("kairos optimize: error: ") and expected in err
     assert "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "r" / "conv-pruned50").exists()  # a failed run leaves no model folder
 
 
 def _conv_model(tmp_path: Path) -> str:
