@@ -167,6 +167,7 @@ def test_infer_server_errors_exit_1_with_server_message(fake_server, free_port, 
         ('x=[["a", "b"]]', "wants FP32 numbers, got text"),
         ("x=[[1, 2, 3]]", "does not fit the model's [-1, 2]"),
         ("y=[1]", "model 'identity' has no input 'y'; its inputs: x (FP32 [-1, 2])"),
+        ("[[1, 2]]", "model 'identity' has 2 inputs, so each --input needs NAME="),
     ],
 )
 def test_infer_bad_input_exit_2_naming_it(fake_server, value, message, cli):
