@@ -84,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--plot", type=Path, metavar="FILE.png", help="latency CDF (+ goodput vs offered load)")
     out.add_argument("--no-server-stats", action="store_true", help="skip ModelStatistics batch counts")
     out.add_argument("--metrics-url", help="Prometheus page to read kairos_dispatches_total from")
+    out.add_argument("--server-pid", type=int, help="a local server's pid: report its CPU per request")
     out.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                      help="event loop (auto: uvloop when installed)")
 
@@ -115,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         server_stats=not args.no_server_stats,
         metrics_url=args.metrics_url,
         parameters=dict(args.param),
+        server_pid=args.server_pid,
     )
 
 
@@ -145,6 +147,12 @@ def format_point(point: dict[str, Any], slo_ms: float) -> str:
             f"  generator   cpu {gen['cpu_util'] * 100:.0f}%, {gen['cpu_us_per_request']:.0f} us/request "
             f"(~{gen['capacity_rps'] or 0:.0f} req/s per core)"
         )
+    server = point.get("server_cpu")
+    if server:
+        lines.append(f"  server cpu  {server['cpu_util'] * 100:.0f}%, {server['cpu_us_per_request']:.0f} us/request")
+    machine = point.get("machine")
+    if machine and machine["server_known"] and machine["others_cores"] > 0.1:
+        lines.append(f"  DISTURBED   other processes used {machine['others_cores']:.2f} cores during the window")
     batches = point.get("server_batches")
     if batches and batches.get("executions"):
         lines.append(

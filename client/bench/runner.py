@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -58,6 +60,7 @@ class BenchConfig:
     server_stats: bool = True  # read ModelStatistics batch_stats before/after each point
     metrics_url: str | None = None  # Prometheus text endpoint to read counters from
     parameters: dict[str, Any] = field(default_factory=dict)  # request parameters (priority, ...)
+    server_pid: int | None = None  # a local server: its CPU per request is reported too
 
     @property
     def timeout_s(self) -> float | None:
@@ -277,6 +280,32 @@ def counters_delta(before: dict | None, after: dict | None, name: str) -> dict[s
     return out
 
 
+# ---------------------------------------------------------------- CPU accounting (Linux /proc)
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User+system CPU of a process (all its threads), or None if unreadable."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (not idle, not iowait)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    values = [int(v) for v in first[1:9]]
+    return (sum(values) - values[3] - values[4]) / _TICK
+
+
 # ---------------------------------------------------------------- one point
 
 
@@ -289,10 +318,14 @@ class _Probe:
         self.wall: list[float] = []
         self.stats: list[dict | None] = []
         self.metrics: list[dict | None] = []
+        self.server_cpu: list[float | None] = []
+        self.machine: list[float | None] = []
 
     async def snapshot(self) -> None:
         self.cpu.append(time.process_time())
         self.wall.append(time.perf_counter())
+        self.server_cpu.append(process_cpu_seconds(self.cfg.server_pid))
+        self.machine.append(machine_busy_seconds())
         if self.cfg.server_stats:
             self.stats.append(await model_statistics(self.channel, self.cfg))
         self.metrics.append(await scrape(self.cfg.metrics_url))
@@ -302,6 +335,24 @@ class _Probe:
         await self.snapshot()
         await asyncio.sleep(max(0.0, end - time.perf_counter()))
         await self.snapshot()
+
+    def _cpu_report(self, cpu: float, wall: float, requests: int) -> dict[str, Any]:
+        """Server CPU per request, and how much CPU others took (a disturbed point)."""
+        out: dict[str, Any] = {}
+        server = None
+        if None not in self.server_cpu:
+            server = self.server_cpu[1] - self.server_cpu[0]
+            out["server_cpu"] = {
+                "cpu_util": round(server / wall, 4),
+                "cpu_us_per_request": round(server / max(1, requests) * 1e6, 2),
+            }
+        if None not in self.machine:
+            foreign = self.machine[1] - self.machine[0] - cpu - (server or 0.0)
+            # Tick granularity makes small negatives; clamp for readability.
+            out["machine"] = {"busy_cores": round((self.machine[1] - self.machine[0]) / wall, 3),
+                              "others_cores": round(max(0.0, foreign) / wall, 3),
+                              "server_known": server is not None}
+        return out
 
     def report(self, requests: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -314,6 +365,7 @@ class _Probe:
                 # What one core could send at this per-request cost.
                 "capacity_rps": round(requests / cpu, 1) if cpu > 0 else None,
             }
+            out.update(self._cpu_report(cpu, wall, requests))
         if len(self.stats) == 2:
             out["server_batches"] = statistics_delta(self.stats[0], self.stats[1])
         if len(self.metrics) == 2 and self.metrics[0] is not None:
@@ -395,6 +447,7 @@ def _config_json(cfg: BenchConfig) -> dict[str, Any]:
         "rows": cfg.rows,
         "seed": cfg.seed,
         "parameters": cfg.parameters,
+        "server_pid": cfg.server_pid,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -1,0 +1,115 @@
+"""Issue 7, side by side in one run: the floor vs Kairos on `mlp256` (1 row, SLO 10 ms).
+
+- floor c=1 p50 and Kairos c=1 p50, alternated `--repeats` times (medians);
+- floor peak req/s (closed loop, no deadline, the best of a few concurrencies);
+- Kairos peak goodput@10ms: open-loop sweep of the offered rate (fractions of the
+  floor's peak), with the floor swept over the same rates for comparison, and the
+  GEMV/GEMM split (ModelStatistics batch_stats) at every point;
+- the generator's own capacity: open loop at `--generator-rate` against the raw
+  floor, with its lateness (it must keep up at >= 5,000 req/s on one core).
+
+    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/issue7_floor.py
+
+Writes bench/results/issue7_floor.json; bench/issue7_report.py turns it into figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from issue7_common import (
+    config,
+    floor_server,
+    kairos_server,
+    measure,
+    median,
+    mlp256_file,
+    models_folder,
+    pin_generator,
+    save,
+    wait_ready,
+    write_model,
+)
+
+MODEL = "mlp256"
+SWEEP_FRACTIONS = (0.05, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
+
+
+def c1_latency(floor, kairos, repeats: int, duration: float) -> dict[str, Any]:
+    """c=1 p50 of both, alternated so drift in the machine hits both alike."""
+    points: dict[str, list] = {"floor": [], "kairos": []}
+    for i in range(repeats):
+        for name, server in (("floor", floor), ("kairos", kairos)):
+            cfg = config(server, MODEL, concurrency=1, duration_s=duration)
+            points[name].append(measure(cfg, label=f"{name} c=1 #{i}"))
+    p50 = {name: median([p["latency_ms"]["p50"] for p in pts]) for name, pts in points.items()}
+    return {"points": points, "p50_ms": p50, "delta_ms": round(p50["kairos"] - p50["floor"], 4)}
+
+
+def peak_throughput(server, concurrencies: tuple[int, ...], duration: float, label: str) -> dict[str, Any]:
+    """Closed loop without deadline: the most req/s the server answers."""
+    points = [
+        measure(config(server, MODEL, concurrency=c, deadline_ms=0, duration_s=duration),
+                label=f"{label} peak c={c}")
+        for c in concurrencies
+    ]
+    best = max(points, key=lambda p: p["throughput"])
+    return {"points": points, "peak_rps": best["throughput"], "at_concurrency": best["concurrency"]}
+
+
+def sweep(server, rates: list[float], duration: float, label: str) -> list[dict[str, Any]]:
+    return [measure(config(server, MODEL, rates=[r], duration_s=duration,
+                           metrics_url=getattr(server, "metrics_url", None)),
+                    label=f"{label} sweep")
+            for r in rates]
+
+
+def generator_capacity(rate: float, duration: float) -> dict[str, Any]:
+    """Open loop at `rate` against the raw floor: did the generator send on schedule?"""
+    with floor_server(raw=True) as raw:
+        point = measure(config(raw, MODEL, rates=[rate], duration_s=duration), label="generator")
+    gen = point.get("generator", {})
+    return {"offered_rate": rate, "send_rate": point["send_rate"], "kept_up": point["kept_up"],
+            "lateness_ms": point["lateness_ms"], "generator": gen, "point": point}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="c=1 alternations")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per point")
+    parser.add_argument("--generator-rate", type=float, default=5000.0)
+    parser.add_argument("--fractions", default=",".join(map(str, SWEEP_FRACTIONS)),
+                        help="sweep rates as fractions of the floor's peak")
+    args = parser.parse_args()
+    pin_generator()
+    fractions = [float(f) for f in args.fractions.split(",")]
+    out: dict[str, Any] = {"model": MODEL, "slo_ms": 10.0, "rows": 1}
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
+        repo = Path(tmp)
+        write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
+        with floor_server() as floor, kairos_server(repo) as kairos:
+            wait_ready(kairos, MODEL)
+            out["c1"] = c1_latency(floor, kairos, args.repeats, args.duration)
+            out["floor_peak"] = peak_throughput(floor, (8, 32), args.duration, "floor")
+            out["kairos_closed_peak"] = peak_throughput(kairos, (8, 32), args.duration, "kairos")
+            rates = [round(f * out["floor_peak"]["peak_rps"], -1) for f in fractions]
+            out["rates"] = rates
+            out["kairos_sweep"] = sweep(kairos, rates, args.duration, "kairos")
+            out["floor_sweep"] = sweep(floor, rates, args.duration, "floor")
+    peak = max(p["goodput"] for p in out["kairos_sweep"])
+    floor_peak = out["floor_peak"]["peak_rps"]
+    out["kairos_peak_goodput"] = peak
+    out["kairos_peak_goodput_rate"] = max(out["kairos_sweep"], key=lambda p: p["goodput"])["offered_rate"]
+    out["ratio_peak_goodput_to_floor_peak"] = round(peak / floor_peak, 4)
+    out["generator_capacity"] = generator_capacity(args.generator_rate, args.duration)
+    save("issue7_floor", out)
+    print(f"floor c=1 p50 {out['c1']['p50_ms']['floor']} ms, Kairos {out['c1']['p50_ms']['kairos']} ms "
+          f"(+{out['c1']['delta_ms']} ms); floor peak {floor_peak}/s; Kairos peak goodput {peak}/s "
+          f"= {out['ratio_peak_goodput_to_floor_peak']}x")
+
+
+if __name__ == "__main__":
+    main()
