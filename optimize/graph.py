@@ -1,8 +1,8 @@
 """A small, explicit model of feed-forward ONNX graphs: read, rewrite, write back.
 
 Supported operators (a single chain from one input to one output):
-Gemm (transA=0), MatMul (+ Add of a constant bias), Relu, Sigmoid, Tanh, Softmax (last
-axis), Flatten (axis=1) and Identity. Any other operator raises UnsupportedGraphError
+Gemm (transA=0), MatMul (+ Add of a constant bias), Conv (2-D, group 1, symmetric pads),
+Relu, Sigmoid, Tanh, Softmax (last axis), Flatten (axis=1) and Identity. Any other operator raises UnsupportedGraphError
 naming it. Pruning and distillation work on this form; quantization works on any graph.
 """
 
@@ -16,7 +16,7 @@ import onnx
 from kairos.optimize.errors import OptimizeError, UnsupportedGraphError
 from onnx import TensorProto, helper, numpy_helper
 
-SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "Softmax", "Flatten", "Identity")
+SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Conv", "Relu", "Sigmoid", "Tanh", "Softmax", "Flatten", "Identity")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax")
 OPSET = 17
 IR_VERSION = 9  # onnxruntime >= 1.15 reads it; newer IRs buy nothing here
@@ -39,6 +39,26 @@ class Dense:
 
 
 @dataclass
+class Conv:
+    """2-D convolution, group 1; weight is [out, in, kh, kw] (ONNX and torch orientation)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int] = (0, 0)  # symmetric: (top = bottom, left = right)
+    dilations: tuple[int, int] = (1, 1)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw = self.weight.shape[2:]
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                     zip((h, w), self.pads, self.dilations, (kh, kw), self.strides, strict=True))
+
+
+@dataclass
 class Activation:
     kind: str  # one of ACTIVATIONS
 
@@ -48,7 +68,8 @@ class Flatten:
     pass
 
 
-Layer = Dense | Activation | Flatten
+Layer = Dense | Conv | Activation | Flatten
+Param = Dense | Conv
 
 
 @dataclass
@@ -64,8 +85,13 @@ class Mlp:
     def dense_layers(self) -> list[Dense]:
         return [layer for layer in self.layers if isinstance(layer, Dense)]
 
+    def param_layers(self) -> list[Param]:
+        """Layers with weights (Dense and Conv), in order."""
+        return [layer for layer in self.layers if isinstance(layer, Dense | Conv)]
+
     def hidden_sizes(self) -> list[int]:
-        return [layer.out_features for layer in self.dense_layers()[:-1]]
+        """Units or channels of every weighted layer but the last."""
+        return [layer.out_features for layer in self.param_layers()[:-1]]
 
     def ends_in_softmax(self) -> bool:
         return isinstance(self.layers[-1], Activation) and self.layers[-1].kind == "softmax"
@@ -119,6 +145,19 @@ def _gemm(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> Dense:
     return Dense(w.astype(np.float32), bias.astype(np.float32))
 
 
+def _conv(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> Conv:
+    a = _attrs(node)
+    w = _constant(node, 1, weights)
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    if w.ndim != 4 or a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
+            or pads[:2] != pads[2:]:
+        raise UnsupportedGraphError(f"Conv node '{node.name}': only 2-D, group=1 convolutions with "
+                                    "explicit symmetric pads are supported")
+    bias = _constant(node, 2, weights) if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0])
+    return Conv(w, bias.astype(np.float32), tuple(a.get("strides", (1, 1))), tuple(pads[:2]),
+                tuple(a.get("dilations", (1, 1))))
+
+
 def _constant(node: onnx.NodeProto, index: int, weights: dict[str, np.ndarray]) -> np.ndarray:
     name = node.input[index]
     if name not in weights:
@@ -144,6 +183,8 @@ def _layer_for(node: onnx.NodeProto, layers: list[Layer], weights: dict[str, np.
         if w.ndim != 2:
             raise UnsupportedGraphError(f"MatMul node '{node.name}' needs a 2-D weight")
         layers.append(Dense(w, np.zeros(w.shape[1], np.float32)))
+    elif op == "Conv":
+        layers.append(_conv(node, weights))
     elif op == "Add":
         _add_bias(node, layers, weights)
     elif op in ("Relu", "Sigmoid", "Tanh"):
@@ -163,15 +204,25 @@ def _layer_for(node: onnx.NodeProto, layers: list[Layer], weights: dict[str, np.
         )
 
 
-def _check_flattened(layers: list[Layer], row_shape: tuple[int, ...]) -> None:
-    """A dense layer must see [batch, features]; rank > 2 inputs need a Flatten first."""
-    rank = len(row_shape)
+def layer_input_shapes(layers: list[Layer], row_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The per-row shape entering each layer (and, last, the output's); a dense layer must
+    see [features], a Conv [channels, h, w]."""
+    shapes, shape = [], tuple(row_shape)
     for layer in layers:
+        shapes.append(shape)
         if isinstance(layer, Flatten):
-            rank = 1
-        elif isinstance(layer, Dense) and rank != 1:
-            raise UnsupportedGraphError(f"a dense layer receives a rank-{rank + 1} tensor; "
-                                        "only [batch, features] inputs (or a Flatten first) are supported")
+            shape = (int(np.prod(shape)),)
+        elif isinstance(layer, Dense):
+            if shape != (layer.in_features,):
+                raise UnsupportedGraphError(f"a dense layer with {layer.in_features} inputs receives rows of "
+                                            f"shape {list(shape)}; flatten first")
+            shape = (layer.out_features,)
+        elif isinstance(layer, Conv):
+            if len(shape) != 3 or shape[0] != layer.weight.shape[1]:
+                raise UnsupportedGraphError(f"a Conv with {layer.weight.shape[1]} input channels receives "
+                                            f"rows of shape {list(shape)}")
+            shape = (layer.out_features, *layer.out_hw(*shape[1:]))
+    return [*shapes, shape]
 
 
 def read_mlp(model: onnx.ModelProto) -> Mlp:
@@ -189,9 +240,10 @@ def read_mlp(model: onnx.ModelProto) -> Mlp:
             )
         _layer_for(node, layers, weights)
         current = node.output[0]
-    _check_flattened(layers, _row_shape(source))
-    if current != graph.output[0].name or not any(isinstance(x, Dense) for x in layers):
-        raise UnsupportedGraphError("the graph output is not produced by a chain of dense layers")
+    if current != graph.output[0].name or not layers or not isinstance(
+            next((x for x in reversed(layers) if not isinstance(x, Activation)), None), Dense):
+        raise UnsupportedGraphError("the graph output is not produced by a chain ending in a dense layer")
+    layer_input_shapes(layers, _row_shape(source))
     meta = {p.key: p.value for p in model.metadata_props}
     return Mlp(layers, source.name, graph.output[0].name, _row_shape(source), meta)
 
@@ -209,9 +261,21 @@ def _dense_nodes(i: int, layer: Dense, x: str, inits: list) -> tuple[list, str]:
             helper.make_node("Add", [mm, b_name], [out], name=f"dense{i}/Add")], out
 
 
+def _conv_nodes(i: int, layer: Conv, x: str, inits: list) -> tuple[list, str]:
+    w_name, b_name, out = f"conv{i}.weight", f"conv{i}.bias", f"conv{i}.out"
+    inits += [numpy_helper.from_array(layer.weight.astype(np.float32), w_name),
+              numpy_helper.from_array(layer.bias.astype(np.float32), b_name)]
+    node = helper.make_node("Conv", [x, w_name, b_name], [out], name=f"conv{i}/Conv",
+                            kernel_shape=list(layer.weight.shape[2:]), strides=list(layer.strides),
+                            pads=[*layer.pads, *layer.pads], dilations=list(layer.dilations))
+    return [node], out
+
+
 def _layer_nodes(i: int, layer: Layer, x: str, inits: list) -> tuple[list, str]:
     if isinstance(layer, Dense):
         return _dense_nodes(i, layer, x, inits)
+    if isinstance(layer, Conv):
+        return _conv_nodes(i, layer, x, inits)
     out = f"layer{i}.out"
     if isinstance(layer, Flatten):
         return [helper.make_node("Flatten", [x], [out], name=f"layer{i}/Flatten", axis=1)], out

@@ -124,7 +124,7 @@ def _static_settings(method: str, per_channel: bool, rows: int, batch_size: int,
 
 
 def _shapes(mlp: Mlp) -> list[list[int]]:
-    return [list(d.weight.shape) for d in mlp.dense_layers()]
+    return [list(p.weight.shape) for p in mlp.param_layers()]
 
 
 def prune_model(model: Path | str, settings: PruneSettings, measure: Measure,

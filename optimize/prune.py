@@ -1,6 +1,6 @@
 """Magnitude pruning: unstructured (L1, per layer or global) and structured (whole hidden
-units scored by L2 norm, removed from the graph so the matrices really shrink), one-shot
-or on a gradual schedule during fine-tuning.
+units or conv output channels scored by L2 norm, removed from the graph so matrices and
+kernels really shrink), one-shot or on a gradual schedule during fine-tuning.
 
 Unstructured zeros keep every shape, and onnxruntime's CPU kernels are dense, so they buy
 no speed and no file size; only structured removal makes inference cheaper.
@@ -8,11 +8,12 @@ no speed and no file size; only structured removal makes inference cheaper.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 from kairos.optimize.errors import OptimizeError, UnsupportedGraphError
-from kairos.optimize.graph import Activation, Dense, Mlp
+from kairos.optimize.graph import Activation, Conv, Dense, Flatten, Mlp, layer_input_shapes
 
 SCHEDULES = ("oneshot", "linear", "cubic")
 ACT_AT = {"relu": lambda v: np.maximum(v, 0), "sigmoid": lambda v: 1 / (1 + np.exp(-v)),
@@ -56,9 +57,9 @@ def _smallest(values: np.ndarray, count: int) -> np.ndarray:
 
 
 def weight_masks(mlp: Mlp, sparsity: float, scope: str) -> list[np.ndarray]:
-    """Keep-masks over each dense weight: the smallest |w| (L1 magnitude) are dropped, per
-    layer or against one threshold over all layers. Biases are never pruned."""
-    weights = [d.weight for d in mlp.dense_layers()]
+    """Keep-masks over each weight tensor (Dense and Conv): the smallest |w| (L1 magnitude)
+    are dropped, per layer or against one threshold over all layers. Biases are kept."""
+    weights = [p.weight for p in mlp.param_layers()]
     if scope == "layer":
         return [~_smallest(np.abs(w), int(round(sparsity * w.size))) for w in weights]
     flat = np.concatenate([np.abs(w).ravel() for w in weights])
@@ -68,78 +69,110 @@ def weight_masks(mlp: Mlp, sparsity: float, scope: str) -> list[np.ndarray]:
 
 
 def apply_weight_masks(mlp: Mlp, masks: list[np.ndarray]) -> None:
-    for dense, keep in zip(mlp.dense_layers(), masks, strict=True):
-        dense.weight = np.where(keep, dense.weight, 0).astype(np.float32)
+    for layer, keep in zip(mlp.param_layers(), masks, strict=True):
+        layer.weight = np.where(keep, layer.weight, 0).astype(np.float32)
 
 
-def _hidden_activations(mlp: Mlp) -> list[str | None]:
-    """The elementwise activation after each hidden dense layer (None = linear)."""
-    kinds: list[str | None] = []
-    dense_seen = 0
-    total = len(mlp.dense_layers())
-    pending: list = []
-    for layer in mlp.layers:
-        if isinstance(layer, Dense):
-            if dense_seen:
-                kinds.append(_single_activation(pending))
-            dense_seen, pending = dense_seen + 1, []
-        elif dense_seen:
-            pending.append(layer)
-    if total < 2:
-        raise UnsupportedGraphError("structured pruning needs at least one hidden layer (two dense layers)")
-    return kinds
+@dataclass
+class _Link:
+    """What lies between a weighted layer and the next: one activation, maybe a Flatten."""
+
+    activation: str | None
+    flat_block: int  # rows of the next dense layer fed by one channel (h*w after a Flatten)
 
 
-def _single_activation(between: list) -> str | None:
-    if not between:
-        return None
-    if len(between) == 1 and isinstance(between[0], Activation) and between[0].kind in ACT_AT:
-        return between[0].kind
-    raise UnsupportedGraphError("structured pruning needs only one elementwise activation "
-                                "(Relu, Sigmoid, Tanh) between dense layers")
+def _links(mlp: Mlp) -> list[_Link]:
+    if len(mlp.param_layers()) < 2:
+        raise UnsupportedGraphError("structured pruning needs at least one hidden layer (two weighted layers)")
+    shapes = layer_input_shapes(mlp.layers, mlp.input_shape)
+    links, between, produced = [], None, ()
+    for i, layer in enumerate(mlp.layers):
+        if isinstance(layer, Dense | Conv):
+            if between is not None:
+                links.append(_link(between, produced))
+            between, produced = [], shapes[i + 1]
+        elif between is not None:
+            between.append(layer)
+    return links
 
 
-def unit_scores(dense: Dense) -> np.ndarray:
-    """L2 norm of each unit's incoming weights and bias."""
-    return np.sqrt((dense.weight ** 2).sum(0) + dense.bias ** 2)
+def _link(between: list, produced: tuple[int, ...]) -> _Link:
+    acts = [x for x in between if isinstance(x, Activation)]
+    flat = [x for x in between if isinstance(x, Flatten)]
+    if len(acts) > 1 or len(flat) > 1 or len(acts) + len(flat) != len(between) \
+            or (acts and acts[0].kind not in ACT_AT):
+        raise UnsupportedGraphError("structured pruning needs at most one elementwise activation "
+                                    "(Relu, Sigmoid, Tanh) and one Flatten between weighted layers")
+    return _Link(acts[0].kind if acts else None, int(np.prod(produced[1:])) if flat else 1)
+
+
+def unit_scores(layer: Dense | Conv) -> np.ndarray:
+    """L2 norm of each unit's (or output channel's) incoming weights and bias."""
+    w = layer.weight.reshape(layer.weight.shape[0], -1) if isinstance(layer, Conv) else layer.weight.T
+    return np.sqrt((w ** 2).sum(1) + layer.bias ** 2)
 
 
 def unit_masks(mlp: Mlp, fraction: float) -> list[np.ndarray]:
-    """Keep-masks over the units of each hidden layer: the lowest-L2 `fraction` dropped
-    (at least one unit always stays)."""
-    _hidden_activations(mlp)
+    """Keep-masks over the units / channels of every weighted layer but the last: the
+    lowest-L2 `fraction` dropped (at least one always stays)."""
+    _links(mlp)
     masks = []
-    for dense in mlp.dense_layers()[:-1]:
-        n = dense.out_features
-        masks.append(~_smallest(unit_scores(dense), min(n - 1, int(round(fraction * n)))))
+    for layer in mlp.param_layers()[:-1]:
+        n = layer.out_features
+        masks.append(~_smallest(unit_scores(layer), min(n - 1, int(round(fraction * n)))))
     return masks
 
 
+def _drop_outputs(layer: Dense | Conv, keep: np.ndarray) -> None:
+    if isinstance(layer, Dense):
+        layer.weight = layer.weight[:, keep]
+    else:
+        layer.weight = layer.weight[keep]
+    layer.bias = layer.bias[keep]
+
+
+def _drop_inputs(layer: Dense | Conv, keep: np.ndarray, link: _Link, constant: np.ndarray) -> None:
+    """Remove the inputs fed by dropped channels, folding their constant output into the bias
+    (exact for dense layers; for a padded Conv, exact when the constant is 0, as with ReLU)."""
+    if isinstance(layer, Dense):
+        rows = np.repeat(keep, link.flat_block)  # Flatten is channel-major
+        removed = layer.weight[~rows].reshape(len(constant), link.flat_block, -1).sum(1)
+        layer.bias = (layer.bias + constant @ removed).astype(np.float32)
+        layer.weight = layer.weight[rows]
+    else:
+        removed = layer.weight[:, ~keep].sum((2, 3))  # [out, dropped]
+        layer.bias = (layer.bias + removed @ constant).astype(np.float32)
+        layer.weight = layer.weight[:, keep]
+
+
 def remove_units(mlp: Mlp, masks: list[np.ndarray]) -> Mlp:
-    """A new Mlp without the dropped units. A dropped unit j's output act(b_j) (what it
-    emits once its incoming weights are zero) is folded into the next layer's bias."""
-    kinds = _hidden_activations(mlp)
-    dense = [Dense(d.weight.copy(), d.bias.copy()) for d in mlp.dense_layers()]
-    for i, (keep, kind) in enumerate(zip(masks, kinds, strict=True)):
-        cur, nxt = dense[i], dense[i + 1]
-        constant = ACT_AT[kind](cur.bias[~keep])
-        nxt.bias = (nxt.bias + constant @ nxt.weight[~keep]).astype(np.float32)
-        nxt.weight = nxt.weight[keep]
-        cur.weight, cur.bias = cur.weight[:, keep], cur.bias[keep]
-    it = iter(dense)
-    layers = [next(it) if isinstance(layer, Dense) else layer for layer in mlp.layers]
-    return Mlp(layers, mlp.input_name, mlp.output_name, mlp.input_shape, dict(mlp.metadata))
+    """A new network without the dropped units / channels: smaller matrices and kernels. A
+    dropped unit j's output act(b_j) (what it emits once its weights are zero) is folded
+    into the next layer's bias."""
+    links = _links(mlp)
+    new = copy.deepcopy(mlp)
+    params = new.param_layers()
+    for i, (keep, link) in enumerate(zip(masks, links, strict=True)):
+        constant = ACT_AT[link.activation](params[i].bias[~keep]).astype(np.float32)
+        _drop_inputs(params[i + 1], keep, link, constant)
+        _drop_outputs(params[i], keep)
+    for layer in params:
+        layer.weight = np.ascontiguousarray(layer.weight, np.float32)
+    return new
 
 
 def zero_units(mlp: Mlp, masks: list[np.ndarray]) -> None:
     """Silence dropped units in place (weights and bias to zero) while fine-tuning."""
-    for dense, keep in zip(mlp.dense_layers()[:-1], masks, strict=True):
-        dense.weight[:, ~keep] = 0
-        dense.bias[~keep] = 0
+    for layer, keep in zip(mlp.param_layers()[:-1], masks, strict=True):
+        if isinstance(layer, Dense):
+            layer.weight[:, ~keep] = 0
+        else:
+            layer.weight[~keep] = 0
+        layer.bias[~keep] = 0
 
 
 def weight_sparsity(mlp: Mlp) -> float:
-    weights = [d.weight for d in mlp.dense_layers()]
+    weights = [p.weight for p in mlp.param_layers()]
     return float(sum((w == 0).sum() for w in weights) / sum(w.size for w in weights))
 
 
@@ -148,9 +181,7 @@ def prune_oneshot(mlp: Mlp, settings: PruneSettings) -> Mlp:
     settings.check()
     if settings.method == "structured":
         return remove_units(mlp, unit_masks(mlp, settings.sparsity))
-    pruned = Mlp([Dense(layer.weight.copy(), layer.bias.copy()) if isinstance(layer, Dense) else layer
-                  for layer in mlp.layers], mlp.input_name, mlp.output_name, mlp.input_shape,
-                 dict(mlp.metadata))
+    pruned = copy.deepcopy(mlp)
     apply_weight_masks(pruned, weight_masks(pruned, settings.sparsity, settings.scope))
     return pruned
 
@@ -191,7 +222,8 @@ def _mask_module(train, module, masks: list[np.ndarray], method: str) -> None:
         for linear, keep in zip(train.linears(module), masks, strict=False):
             k = torch.from_numpy(keep)
             if method == "structured":
-                linear.weight[~k] = 0  # torch weight is [out, in]: a unit is a row
+                linear.weight[~k] = 0  # torch weights are [out, ...]: a unit is a row
                 linear.bias[~k] = 0
-            else:
-                linear.weight.mul_(k.T.to(linear.weight.dtype))
+            else:  # Linear masks are in MatMul orientation [in, out]; Conv masks match torch
+                k = k.T if isinstance(linear, torch.nn.Linear) else k
+                linear.weight.mul_(k.to(linear.weight.dtype))

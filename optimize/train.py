@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from kairos.optimize.errors import MissingDependencyError
-from kairos.optimize.graph import Dense, Flatten, Mlp
+from kairos.optimize.graph import Conv, Dense, Flatten, Mlp
 
 try:
     import torch
@@ -50,6 +50,8 @@ def to_torch(mlp: Mlp) -> nn.Sequential:
                 linear.weight.copy_(torch.from_numpy(layer.weight.T.copy()))
                 linear.bias.copy_(torch.from_numpy(layer.bias.copy()))
             modules.append(linear)
+        elif isinstance(layer, Conv):
+            modules.append(_conv2d(layer))
         elif isinstance(layer, Flatten):
             modules.append(nn.Flatten())
         else:
@@ -58,15 +60,27 @@ def to_torch(mlp: Mlp) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
+def _conv2d(layer: Conv) -> nn.Conv2d:
+    out_ch, in_ch, kh, kw = layer.weight.shape
+    conv = nn.Conv2d(in_ch, out_ch, (kh, kw), stride=layer.strides, padding=layer.pads,
+                     dilation=layer.dilations)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(layer.weight.copy()))
+        conv.bias.copy_(torch.from_numpy(layer.bias.copy()))
+    return conv
+
+
 def from_torch(module: nn.Sequential, template: Mlp) -> Mlp:
     """`template` with the dense weights of `module` (shapes may have changed)."""
-    linears = iter(m for m in module if isinstance(m, nn.Linear))
+    weighted = iter(linears(module))
     layers = []
     for layer in template.layers:
-        if isinstance(layer, Dense):
-            lin = next(linears)
-            layers.append(Dense(lin.weight.detach().numpy().T.astype(np.float32).copy(),
-                                lin.bias.detach().numpy().astype(np.float32).copy()))
+        if isinstance(layer, Dense | Conv):
+            m = next(weighted)
+            w = m.weight.detach().numpy().astype(np.float32).copy()
+            b = m.bias.detach().numpy().astype(np.float32).copy()
+            layers.append(Dense(w.T.copy(), b) if isinstance(layer, Dense) else
+                          Conv(w, b, layer.strides, layer.pads, layer.dilations))
         else:
             layers.append(layer)
     return Mlp(layers, template.input_name, template.output_name, template.input_shape,
@@ -117,5 +131,6 @@ def train_mlp(mlp: Mlp, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, **kwargs
     return from_torch(fit(to_torch(mlp), x, y, cfg, **kwargs), mlp)
 
 
-def linears(module: nn.Sequential) -> list[nn.Linear]:
-    return [m for m in module if isinstance(m, nn.Linear)]
+def linears(module: nn.Sequential) -> list[nn.Module]:
+    """The weighted modules (Linear and Conv2d), in order."""
+    return [m for m in module if isinstance(m, nn.Linear | nn.Conv2d)]

@@ -63,26 +63,26 @@ def test_bad_input_is_one_clear_line(problem: str, repo: Path, digits, tmp_path:
                 "--eval-data", data]
         expected = "--hidden must be comma-separated integers"
     else:
-        args = ["prune", _conv_model(tmp_path), "--eval-data", str(_image_data(tmp_path)),
+        args = ["prune", _pool_model(tmp_path), "--eval-data", str(_image_data(tmp_path)),
                 "--repository", str(tmp_path / "r")]
-        expected = "operator 'Conv'"
+        expected = "operator 'MaxPool'"
     code, _, err = _run(capsys, *args)
     assert code == 2
     assert err.startswith("kairos optimize: error: ") and expected in err
     assert "Traceback" not in err and err.count("\n") == 1
-    assert not (tmp_path / "r" / "conv-pruned50").exists()  # a failed run leaves no model folder
+    assert not (tmp_path / "r" / "pool-pruned50").exists()  # a failed run leaves no model folder
 
 
-def _conv_model(tmp_path: Path) -> str:
-    from onnx import TensorProto, helper, numpy_helper
+def _pool_model(tmp_path: Path) -> str:
+    from onnx import TensorProto, helper
 
-    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "c",
+    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3])
+    graph = helper.make_graph([node], "c",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 5, 5])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])], [w])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 3, 3])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    path = tmp_path / "conv.onnx"
+    path = tmp_path / "pool.onnx"
     path.write_bytes(model.SerializeToString())
     return str(path)
 
