@@ -235,11 +235,14 @@ def config(server: Server, model: str, **changes: Any) -> BenchConfig:
     return BenchConfig(**base)
 
 
-def save(name: str, data: dict[str, Any]) -> Path:
+def save(name: str, data: dict[str, Any], merge: bool = False) -> Path:
+    """bench/results/<name>.json; with merge, keys of an earlier run not re-measured are kept."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = {"script": name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join(sys.argv), **data}
     path = RESULTS / f"{name}.json"
+    if merge and path.exists():
+        data = {**json.loads(path.read_text()), **data}
+    data = {**data, "script": name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(sys.argv)}
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {path}")
     return path

@@ -1,0 +1,142 @@
+"""Issue 7, overload: goodput at 2x the peak offered rate, and what a refusal costs.
+
+1. Model-bound (`mlp-heavy`: FP32 [batch,1024] -> 3x8192 ReLU -> 10, SLO 250 ms):
+   find Kairos's peak goodput by sweeping the offered rate, then offer 2x that
+   rate; goodput must stay >= 0.9x peak, the excess refused fast.
+2. Front-end-bound (`mlp256`, SLO 10 ms): the same at 2x mlp256's peak
+   (goodput >= 0.5x peak), beside the floor at the same 2x rate.
+3. The CPU a refusal costs the server: server CPU per request at a fixed rate
+   for answered requests (floor and Kairos) and for requests Kairos refuses
+   (`timeout` parameter of 1 us, no gRPC deadline: refused at admission).
+
+    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/issue7_overload.py
+
+Writes bench/results/issue7_overload.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from issue7_common import (
+    RESULTS,
+    config,
+    floor_server,
+    kairos_server,
+    measure,
+    mlp256_file,
+    mlp_heavy_file,
+    models_folder,
+    pin_generator,
+    save,
+    wait_ready,
+    write_model,
+)
+
+HEAVY = "mlp-heavy"
+HEAVY_SLO_MS = 250.0
+LIGHT = "mlp256"
+
+
+def find_peak(server, model: str, rates: list[float], duration: float, slo_ms: float,
+              label: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    points = [measure(config(server, model, rates=[r], duration_s=duration, slo_ms=slo_ms,
+                             metrics_url=server.metrics_url), label=f"{label} sweep")
+              for r in rates]
+    return points, max(points, key=lambda p: p["goodput"])
+
+
+def overload_point(server, model: str, rate: float, duration: float, slo_ms: float, label: str) -> dict[str, Any]:
+    return measure(config(server, model, rates=[rate], duration_s=duration, slo_ms=slo_ms,
+                          metrics_url=server.metrics_url), label=label)
+
+
+def model_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
+    write_model(repo, HEAVY, mlp_heavy_file(models_folder()),
+                f"max_batch_size: 32\nslo_ms: {HEAVY_SLO_MS:g}\nintra_op_threads: 1\n")
+    with kairos_server(repo, timeout=600) as kairos:
+        wait_ready(kairos, HEAVY, timeout=600)
+        # The most it answers at all: closed loop, no deadline, a full batch in flight.
+        closed = measure(config(kairos, HEAVY, concurrency=32, deadline_ms=0, slo_ms=HEAVY_SLO_MS,
+                                duration_s=args.duration), label="heavy closed c=32")
+        capacity = closed["throughput"]
+        rates = [round(capacity * f, 1) for f in (0.6, 0.8, 0.9, 1.0, 1.1)]
+        sweep, best = find_peak(kairos, HEAVY, rates, args.duration, HEAVY_SLO_MS, "heavy")
+        peak_rate = best["offered_rate"]
+        over = overload_point(kairos, HEAVY, 2 * peak_rate, args.duration, HEAVY_SLO_MS, "heavy 2x")
+    return {"closed_c32": closed, "sweep": sweep, "peak_goodput": best["goodput"],
+            "peak_rate": peak_rate, "overload": over,
+            "ratio": round(over["goodput"] / best["goodput"], 4) if best["goodput"] else None}
+
+
+def front_end_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
+    write_model(repo, LIGHT, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
+    with floor_server() as floor, kairos_server(repo) as kairos:
+        wait_ready(kairos, LIGHT)
+        rates = light_rates(args.light_rates)
+        sweep, best = find_peak(kairos, LIGHT, rates, args.duration, 10.0, "mlp256")
+        peak_rate = best["offered_rate"]
+        over = overload_point(kairos, LIGHT, 2 * peak_rate, args.duration, 10.0, "mlp256 2x")
+        floor_over = overload_point(floor, LIGHT, 2 * peak_rate, args.duration, 10.0, "floor 2x")
+        refusal = refusal_cost(floor, kairos, args.cost_rate, args.duration)
+    return {"sweep": sweep, "peak_goodput": best["goodput"], "peak_rate": peak_rate,
+            "overload": over, "floor_overload": floor_over,
+            "ratio": round(over["goodput"] / best["goodput"], 4) if best["goodput"] else None,
+            "refusal_cost": refusal}
+
+
+def light_rates(text: str | None) -> list[float]:
+    if text:
+        return [float(r) for r in text.split(",")]
+    floor = RESULTS / "issue7_floor.json"
+    peak = json.loads(floor.read_text())["kairos_peak_goodput_rate"] if floor.exists() else 1500.0
+    return [round(peak * f, -1) for f in (0.6, 0.8, 0.9, 1.0, 1.1, 1.3)]
+
+
+def refusal_cost(floor, kairos, rate: float, duration: float) -> dict[str, Any]:
+    """Server CPU per request: answered (floor, Kairos) vs refused at admission (Kairos)."""
+    answered_floor = measure(config(floor, LIGHT, rates=[rate], duration_s=duration), label="cost floor ok")
+    answered = measure(config(kairos, LIGHT, rates=[rate], duration_s=duration), label="cost kairos ok")
+    refused = measure(config(kairos, LIGHT, rates=[rate], duration_s=duration, deadline_ms=0,
+                             parameters={"timeout": 1}), label="cost kairos refused")
+
+    def cost(point: dict[str, Any]) -> float | None:
+        return point.get("server_cpu", {}).get("cpu_us_per_request")
+
+    return {"rate": rate, "floor_ok_us": cost(answered_floor), "kairos_ok_us": cost(answered),
+            "kairos_refused_us": cost(refused), "refused_errors": refused["errors"],
+            "points": {"floor_ok": answered_floor, "kairos_ok": answered, "kairos_refused": refused}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--light-rates", help="mlp256 offered rates swept to find its peak goodput "
+                        "(default: 0.6-1.3x the peak found by bench/issue7_floor.py)")
+    parser.add_argument("--cost-rate", type=float, default=1000.0, help="rate for the refusal-cost points")
+    parser.add_argument("--skip-heavy", action="store_true")
+    parser.add_argument("--skip-light", action="store_true")
+    args = parser.parse_args()
+    pin_generator()
+    out: dict[str, Any] = {}
+    if not args.skip_light:
+        with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
+            out["front_end_bound"] = front_end_bound(args, Path(tmp))
+        save("issue7_overload", out, merge=True)
+    if not args.skip_heavy:
+        with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
+            out["model_bound"] = model_bound(args, Path(tmp))
+        save("issue7_overload", out, merge=True)
+    for key in ("model_bound", "front_end_bound"):
+        if key in out:
+            part = out[key]
+            print(f"{key}: peak goodput {part['peak_goodput']}/s at {part['peak_rate']}/s; "
+                  f"at 2x: {part['overload']['goodput']}/s = {part['ratio']}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Issue 7, policies side by side on ONE server, and the GEMV/GEMM split across load.
+
+The same `mlp256` ONNX file is served under four names whose config.yaml differ
+only in `scheduling.policy`: `slo` (Kairos), `fixed` with max_queue_delay 1 ms
+and 5 ms (Triton-style dynamic batching), and `none` (no batching). At each
+offered rate the four are measured back to back (goodput@10ms, 1-row requests).
+The `slo` model is also swept from light load up, reading ModelStatistics
+batch_stats (and `kairos_dispatches_total` from /metrics) to show the share of
+batch-1 (GEMV) executions falling as load grows.
+
+    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/issue7_policies.py --peak 1600
+
+`--peak` is Kairos's peak goodput on mlp256 (from issue7_floor.json when omitted);
+rates are fractions of it. Writes bench/results/issue7_policies.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from issue7_common import (
+    RESULTS,
+    config,
+    kairos_server,
+    measure,
+    mlp256_file,
+    models_folder,
+    pin_generator,
+    save,
+    wait_ready,
+    write_model,
+)
+
+POLICIES = {
+    "mlp256-slo": "scheduling: {policy: slo}",
+    "mlp256-fixed1": "scheduling: {policy: fixed, max_queue_delay_ms: 1}",
+    "mlp256-fixed5": "scheduling: {policy: fixed, max_queue_delay_ms: 5}",
+    "mlp256-none": "scheduling: {policy: none}",
+}
+POLICY_FRACTIONS = (0.5, 0.7, 0.9, 1.0, 1.1, 1.3, 1.6)
+SPLIT_FRACTIONS = (0.02, 0.05, 0.1, 0.2, 0.35)  # added below the policy rates for the split plot
+
+
+def known_peak() -> float | None:
+    path = RESULTS / "issue7_floor.json"
+    if path.exists():
+        return json.loads(path.read_text()).get("kairos_peak_goodput")
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--peak", type=float, help="Kairos peak goodput on mlp256, req/s")
+    parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--fractions", default=",".join(map(str, POLICY_FRACTIONS)))
+    args = parser.parse_args()
+    pin_generator()
+    peak = args.peak or known_peak()
+    if not peak:
+        raise SystemExit("give --peak (or run bench/issue7_floor.py first)")
+    fractions = [float(f) for f in args.fractions.split(",")]
+    policy_rates = [round(f * peak, -1) for f in fractions]
+    split_rates = [round(f * peak, -1) for f in SPLIT_FRACTIONS]
+    out: dict[str, Any] = {"peak_used": peak, "policy_rates": policy_rates, "split_rates": split_rates,
+                           "policies": {name: [] for name in POLICIES}, "slo_low_load": []}
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
+        repo = Path(tmp)
+        source = mlp256_file(models_folder())
+        for name, scheduling in POLICIES.items():
+            write_model(repo, name, source, f"max_batch_size: 64\nslo_ms: 10\n{scheduling}\n")
+        with kairos_server(repo) as kairos:
+            for name in POLICIES:
+                wait_ready(kairos, name)
+            for rate in split_rates:  # light load: the slo model only (the split plot)
+                out["slo_low_load"].append(measure(
+                    config(kairos, "mlp256-slo", rates=[rate], duration_s=args.duration,
+                           metrics_url=kairos.metrics_url), label="slo low"))
+            for rate in policy_rates:
+                for name in POLICIES:  # back to back at the same rate
+                    out["policies"][name].append(measure(
+                        config(kairos, name, rates=[rate], duration_s=args.duration,
+                               metrics_url=kairos.metrics_url), label=name))
+                save("issue7_policies", out)  # partial results survive an interruption
+    out["slo_wins_everywhere"] = all(
+        out["policies"]["mlp256-slo"][i]["goodput"] >= max(out["policies"][n][i]["goodput"] for n in POLICIES)
+        for i in range(len(policy_rates))
+    )
+    save("issue7_policies", out)
+    for i, rate in enumerate(policy_rates):
+        print(f"{rate:>7g}/s  " + "  ".join(
+            f"{n.split('-')[1]} {out['policies'][n][i]['goodput']:.0f}" for n in POLICIES))
+
+
+if __name__ == "__main__":
+    main()
