@@ -564,14 +564,9 @@ class SchedulerCore:
         budget = self.online_budget
         if table is self._op_table and budget == self._op_budget:
             return self._op
-        half = budget / 2
-        cap = self.cap
-        b_slo = max(1, bisect.bisect_right(table, half, 1, cap + 1) - 1)
-        best, best_rate = 1, 0.0
-        for b in range(1, b_slo + 1):
-            rate = b / table[b] if table[b] > 0 else _INF
-            if rate > best_rate:
-                best, best_rate = b, rate
+        b_slo = max(1, bisect.bisect_right(table, budget / 2, 1, self.cap + 1) - 1)
+        prefix = self.latency.prefix_best
+        best = prefix[b_slo] if b_slo < len(prefix) else b_slo
         self._op = (b_slo, best)
         self._op_table = table
         self._op_budget = budget

@@ -29,7 +29,7 @@ WINDOW = 32
 # Once a bucket holds this many observations, rebuild the table only every
 # REBUILD_EVERY observations (a rebuild costs ~10-30 µs).
 WARM = 16
-REBUILD_EVERY = 8
+REBUILD_EVERY = 32
 # An observation this much above its bucket's prediction rebuilds the table at once.
 SLOWER = 1.05
 # A bucket with this many observations of its own predicts well enough that the
@@ -67,6 +67,7 @@ class LatencyModel:
         self._table: list[float] = [0.0] * (self.max_rows + 1)
         self._slope = 0.0  # seconds per row beyond max_rows
         self.best_rows = self.max_rows  # rows with the highest predicted throughput
+        self.prefix_best = list(range(self.max_rows + 1))
         # observed/predicted for runs that overlapped another execution (executors > 1).
         self.concurrency_factor = 1.0
         self.observations = 0
@@ -192,6 +193,10 @@ class LatencyModel:
         self._slope = slope
         rates = sizes[1:] / np.maximum(table[1:], 1e-12)
         self.best_rows = int(np.argmax(rates)) + 1
+        # prefix_best[b]: the highest-throughput size among 1..b (for an SLO-capped batch)
+        running = np.maximum.accumulate(rates)
+        firsts = np.flatnonzero(np.r_[True, running[1:] > running[:-1]]) + 1
+        self.prefix_best = [0] + np.repeat(firsts, np.diff(np.r_[firsts, self.max_rows + 1])).tolist()
 
     def table(self) -> list[dict[str, Any]]:
         """Operator view: each bucket size, its prediction, and how many runs taught it."""
