@@ -139,7 +139,7 @@ class PrometheusMetrics(MetricsSink):
             "kairos_deadline_met", "Requests answered before their deadline.", mvc, registry=reg)
         self.deadline_missed = Counter(
             "kairos_deadline_missed",
-            "Requests that missed their deadline (served late, refused or expired).",
+            "Requests that missed their deadline (served late or expired in the queue).",
             mvc, registry=reg)
         self.executions = Counter(
             "kairos_executions", "Model executions (batches run).", mv, registry=reg)
