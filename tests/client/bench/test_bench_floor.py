@@ -22,7 +22,7 @@ FLOOR = ROOT / "bench" / "floor_server.py"
 
 
 @pytest.fixture(scope="module")
-def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def floor_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     port_file = tmp_path_factory.mktemp("floor") / "port.json"
     process = subprocess.Popen(
         [sys.executable, str(FLOOR), "--port", "0", "--port-file", str(port_file)],
@@ -34,10 +34,15 @@ def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"floor server did not start: {process.stderr.read().decode()}")
             time.sleep(0.05)
-        yield f"127.0.0.1:{json.loads(port_file.read_text())['grpc_port']}"
+        yield f"127.0.0.1:{json.loads(port_file.read_text())['grpc_port']}", process.pid
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def floor(floor_process: tuple[str, int]) -> str:
+    return floor_process[0]
 
 
 def _config(url: str, **changes) -> BenchConfig:
@@ -127,3 +132,11 @@ def test_python_m_runs_the_generator(floor: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["points"][0]["ok"] > 0
+
+
+def test_server_cpu_and_foreign_cpu_are_reported_for_a_local_server(floor_process: tuple[str, int]) -> None:
+    url, pid = floor_process
+    (point,) = run(_config(url, concurrency=2, server_pid=pid), loop="asyncio")["points"]
+    assert point["server_cpu"]["cpu_us_per_request"] > 0
+    assert 0 < point["server_cpu"]["cpu_util"] <= 1.5
+    assert point["machine"]["server_known"] and point["machine"]["others_cores"] >= 0
