@@ -89,6 +89,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="event loop (auto: uvloop when installed)")
 
 
+def plain_address(url: str) -> str:
+    """host:port from `host:port` or `grpc://host:port`; TLS is not supported by the generator."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if scheme in ("grpcs", "https"):
+        raise SystemExit("kairos bench: TLS (grpcs://) is not supported; benchmark a plaintext port")
+    return rest.rstrip("/")
+
+
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     if args.concurrency is not None and args.concurrency < 1:
         raise SystemExit("kairos bench: --concurrency must be >= 1")
@@ -100,7 +110,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     if args.rate is not None and args.rate <= 0:
         raise SystemExit("kairos bench: --rate must be > 0")
     return BenchConfig(
-        url=args.url,
+        url=plain_address(args.url),
         model=args.model,
         model_version=args.model_version,
         concurrency=args.concurrency,

@@ -124,6 +124,13 @@ def test_register_adds_the_bench_subcommand() -> None:
         parser.parse_args(["bench", "-m", "m", "--rate", "5", "-c", "2"])  # one mode only
 
 
+def test_urls_with_a_scheme_are_accepted() -> None:
+    assert bench_cli.plain_address("grpc://127.0.0.1:8001/") == "127.0.0.1:8001"
+    assert bench_cli.plain_address("localhost:9") == "localhost:9"
+    with pytest.raises(SystemExit, match="TLS"):
+        bench_cli.plain_address("grpcs://h:1")
+
+
 def test_python_m_runs_the_generator(floor: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kairos.client.bench", "--url", floor, "-m", "mlp256", "-c", "2",
