@@ -3,8 +3,11 @@
 Model: a 64 -> 2048 -> 2048 -> 10 ReLU MLP (He-initialised, seed 0; latency does not depend
 on trained weights). Variants: an identical fp32 copy (control), dynamic int8, static QDQ int8, fp16, structured pruning
 (half the hidden units removed), unstructured pruning (50% and 90% of weights zeroed).
-All sessions: CPUExecutionProvider, 1 intra-op thread, ORT_ENABLE_ALL, no spinning; runs
-interleaved with rotating order; median of --repeats runs per model and batch size.
+All sessions: CPUExecutionProvider, 1 intra-op thread, ORT_ENABLE_ALL, no spinning. Models
+take turns (rotating order) of --block consecutive timed runs (after one untimed run);
+median of --repeats runs per model and batch size. --block 20 (default) is the warm-cache
+latency of a model served steadily; --block 1 makes every run follow the other models'
+runs, so weights come from memory rather than cache.
 
 Run (one benchmark on the machine at a time, pinned to one core):
     flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/optimize_bench.py
@@ -58,6 +61,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,2048,2048,10")
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--block", type=int, default=20,
+                        help="consecutive runs per model turn: 20 = warm caches (a model served "
+                             "steadily), 1 = every run after the other models' (cold weights)")
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args()
     sizes = [int(v) for v in args.sizes.split(",")]
@@ -66,8 +72,9 @@ def main() -> None:
     x = rng.random((256, sizes[0]), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="kairos-bench-") as tmp:
         paths = make_variants(Path(tmp), sizes, x[:200])
-        latency = measure_latency(paths, x, tuple(batches), args.repeats, warmup=30)
-        print(f"model {' -> '.join(map(str, sizes))}, {args.repeats} interleaved runs per cell, "
+        latency = measure_latency(paths, x, tuple(batches), args.repeats, warmup=30, block=args.block)
+        print(f"model {' -> '.join(map(str, sizes))}, {args.repeats} runs per cell in turns of "
+              f"{args.block} consecutive runs per model, "
               f"1 intra-op thread, CPUExecutionProvider, {platform.processor() or platform.machine()}\n")
         print(table(latency, paths, batches))
     if args.json:

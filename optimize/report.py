@@ -47,14 +47,14 @@ def accuracy_block(base_acc: float | None, var_acc: float | None) -> dict[str, f
 
 
 def compare(baseline: Path, variant: Path, data: Dataset, repeats: int = 200,
-            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1) -> dict[str, Any]:
+            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, block: int = 20) -> dict[str, Any]:
     """All report measurements for `variant` against `baseline` on `data`."""
     base_s, var_s = runtime.make_session(baseline, threads), runtime.make_session(variant, threads)
     base_out, var_out = runtime.run(base_s, data.x), runtime.run(var_s, data.x)
     metrics = output_metrics(base_out, var_out, data.y)
     base_acc = output_metrics(base_out, base_out, data.y).get("accuracy")
     latency = runtime.measure_latency({"baseline": baseline, "variant": variant}, data.x,
-                                      batch_sizes, repeats, max(5, repeats // 10), threads)
+                                      batch_sizes, repeats, max(5, repeats // 10), threads, block)
     size_b, size_v = baseline.stat().st_size, variant.stat().st_size
     return {
         "baseline": {"path": str(baseline), "size_bytes": size_b},
@@ -68,7 +68,8 @@ def compare(baseline: Path, variant: Path, data: Dataset, repeats: int = 200,
         "latency_ms": {str(b): _latency_row(latency, b) for b in batch_sizes},
         "latency_setup": {"provider": runtime.PROVIDER, "intra_op_threads": threads,
                           "graph_optimization": "ORT_ENABLE_ALL", "repeats": repeats,
-                          "statistic": "median of interleaved runs"},
+                          "statistic": f"median; the two models alternate in blocks of {block} "
+                                       "consecutive runs (warm caches)"},
     }
 
 

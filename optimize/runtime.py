@@ -42,31 +42,39 @@ def rows_for_batch(x: np.ndarray, batch: int) -> np.ndarray:
 
 
 def measure_latency(paths: dict[str, Path], x: np.ndarray, batch_sizes: tuple[int, ...] = (1, 64),
-                    repeats: int = 200, warmup: int = 20, threads: int = 1) -> dict[str, dict[int, float]]:
+                    repeats: int = 200, warmup: int = 20, threads: int = 1,
+                    block: int = 20) -> dict[str, dict[int, float]]:
     """Median milliseconds per run for each model and batch size.
 
-    Models are timed side by side (their runs interleaved, the order rotating) so that
-    noise from other processes on a shared machine hits them alike.
+    Models take turns (order rotating) in blocks of `block` consecutive timed runs, each
+    block after one untimed run, so noise from other processes hits all models alike.
+    block > 1 measures warm caches, as a server running one model steadily sees; block=1
+    interleaves single runs, so every run first refetches weights the others evicted.
     """
     sessions = {key: make_session(path, threads) for key, path in paths.items()}
     result: dict[str, dict[int, float]] = {key: {} for key in sessions}
     for batch in batch_sizes:
         feed = rows_for_batch(x, batch)
-        samples = _interleaved(sessions, feed, repeats, warmup)
+        samples = _interleaved(sessions, feed, repeats, warmup, max(1, min(block, repeats)))
         for key, times in samples.items():
             result[key][batch] = statistics.median(times) * 1e3
     return result
 
 
 def _interleaved(sessions: dict[str, ort.InferenceSession], feed: np.ndarray,
-                 repeats: int, warmup: int) -> dict[str, list[float]]:
+                 repeats: int, warmup: int, block: int) -> dict[str, list[float]]:
     keys = list(sessions)
     feeds = {k: {s.get_inputs()[0].name: feed} for k, s in sessions.items()}
-    times: dict[str, list[float]] = {k: [] for k in keys}
-    for i in range(warmup + repeats):
-        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
-            start = time.perf_counter()
+    for k in keys:
+        for _ in range(warmup):
             sessions[k].run(None, feeds[k])
-            if i >= warmup:
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(-(-repeats // block)):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            if block > 1:
+                sessions[k].run(None, feeds[k])  # bring this model's weights back in, untimed
+            for _ in range(block):
+                start = time.perf_counter()
+                sessions[k].run(None, feeds[k])
                 times[k].append(time.perf_counter() - start)
-    return times
+    return {k: v[:repeats] for k, v in times.items()}
