@@ -37,7 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .datasets import DatasetError, DatasetReader, NpyReader, fingerprint, open_dataset
-from .engine import BatchFailed, Chunk, RetryPolicy, StreamEngine, describe_stats
+from .engine import BatchFailed, Chunk, EngineStats, RetryPolicy, StreamEngine, describe_stats
 from .mapping import InputPlan, TensorSpec, plan_inputs
 from .outputs import OutputError, OutputStore, make_store, output_format
 
@@ -335,6 +335,12 @@ async def _stream(
     try:
         store.start(state, done)
     except OutputError as exc:
+        if state and state.get("finalizing") and options.output.exists():
+            # killed after OUT was complete but before the checkpoint was removed
+            remove_checkpoint(options.output)
+            store.discard()
+            return {**describe_stats(EngineStats(), reader.num_rows, 0.0),
+                    "output": str(options.output), "resumed_from": done}
         raise JobError(str(exc), EXIT_USAGE) from None
     saver = _CheckpointSaver(options, store, job)
     if state is None:
@@ -358,15 +364,18 @@ async def _stream(
         on_progress=progress.update,
     )
     started = time.monotonic()
+    finalizing = False
     try:
         stats = await engine.run()
+        finalizing = True
+        saver.save(finalizing)  # every row is flushed; only OUT remains to be made
         store.finalize()
     except (BatchFailed, OutputError, DatasetError, InferenceServerError) as exc:
-        saver.save()
+        saver.save(finalizing)
         raise JobError(f"{exc}\n{_resume_hint(options.output)} "
                        f"({store.rows_written} of {reader.num_rows} rows done)", EXIT_FAILED) from None
     except BaseException:
-        saver.save()
+        saver.save(finalizing)
         raise
     finally:
         progress.close()
@@ -388,11 +397,12 @@ class _CheckpointSaver:
         if time.monotonic() - self.last >= self.options.checkpoint_interval_s:
             self.save()
 
-    def save(self) -> None:
+    def save(self, finalizing: bool = False) -> None:
         self.store.flush()  # data first: the checkpoint never claims unflushed rows
         save_checkpoint(
             self.options.output,
-            {**self.job, **self.store.state(), "rows_done": self.store.rows_written},
+            {**self.job, **self.store.state(), "rows_done": self.store.rows_written,
+             "finalizing": finalizing},
         )
         self.last = time.monotonic()
 
