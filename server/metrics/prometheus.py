@@ -6,22 +6,29 @@ aggregated across replicas). Labels: `model`, `version`, plus `class`
 (online/batch), `reason` (failures), `path` (gemv/gemm) and `state` where they
 apply.
 
-Cost: `.labels(...)` hashes and looks up its label values under a lock on every
-call, so the children for each (model, version[, class]) are bound once and kept
-in plain dicts; a hot call is one dict lookup plus a few locked increments.
+Cost: the per-request hooks run on the serving path, so they do not go through
+prometheus_client's metric objects (a `.labels()` lookup plus a lock per counter,
+several per request: about 7 µs a request here). Each (model, version[, class])
+keeps plain counters and bucket counts in one slotted object, found with one dict
+lookup and updated under one lock (`bisect` picks the bucket); the collector turns
+them into metric families only when Prometheus scrapes. `bench/metrics_overhead.py`
+measures it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from . import MetricsSink
 
@@ -56,45 +63,65 @@ MAX_LABEL_SETS = 1000
 OTHER_MODEL = "__other__"
 
 
-@dataclass(slots=True)
-class _RequestChildren:
-    """Pre-bound children for one (model, version, class)."""
+class _Histogram:
+    """Per-bucket counts (not cumulative; the last is +Inf) and the sum of observations."""
 
-    success: Any
-    failure: Any
-    failures: dict[str, Any]
-    rows: Any
-    latency: Any
-    met: Any
-    missed: Any
+    __slots__ = ("counts", "sum")
 
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)
+        self.sum = 0.0
 
-@dataclass(slots=True)
-class _BatchChildren:
-    """Pre-bound children for one (model, version)'s executions."""
-
-    executions: Any
-    gemv: Any
-    gemm: Any
-    rows: Any
-    queue: Any
-    compute: Any
-    predicted: Any
-    observed: Any
-    ratio: Any
+    def cumulative(self, bounds: Sequence[str]) -> list[tuple[str, int]]:
+        total, out = 0, []
+        for bound, count in zip((*bounds, "+Inf"), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
 
 
-@dataclass(slots=True)
-class _ModelChildren:
-    """Pre-bound gauges for one (model, version)."""
+class _RequestStats:
+    """What one (model, version, class) has answered."""
 
-    inflight: Any
-    queue_requests: Any
-    queue_rows: Any
+    __slots__ = ("success", "failure", "failures", "rows", "latency", "met", "missed")
+
+    def __init__(self, latency_buckets: int) -> None:
+        self.success = self.failure = self.rows = self.met = self.missed = 0
+        # Every known reason at 0 from the start, so ratios and rate() have data.
+        self.failures = dict.fromkeys(FAILURE_REASONS, 0)
+        self.latency = _Histogram(latency_buckets)
+
+
+class _BatchStats:
+    """What one (model, version) has executed."""
+
+    __slots__ = ("gemv", "gemm", "rows", "queue", "compute", "predicted", "observed", "ratio")
+
+    def __init__(self, latency_buckets: int) -> None:
+        self.gemv = self.gemm = 0
+        self.predicted = self.observed = 0.0
+        self.rows = _Histogram(len(BATCH_ROWS_BUCKETS))
+        self.queue = _Histogram(latency_buckets)
+        self.compute = _Histogram(latency_buckets)
+        self.ratio = _Histogram(len(PREDICTION_RATIO_BUCKETS))
+
+
+class _ModelStats:
+    """Gauges of one (model, version)."""
+
+    __slots__ = ("inflight", "queue_requests", "queue_rows")
+
+    def __init__(self) -> None:
+        self.inflight = self.queue_requests = self.queue_rows = 0
 
 
 class PrometheusMetrics(MetricsSink):
-    """The real metrics: one private registry, served by `start_http_server`."""
+    """The real metrics: one private registry, served by `start_http_server`.
+
+    The per-request series live in plain Python objects updated under one lock and
+    are turned into metric families only when scraped (`_Collector`); rare ones
+    (model state, load time, SLO) are ordinary prometheus_client gauges.
+    """
 
     def __init__(
         self,
@@ -110,70 +137,18 @@ class PrometheusMetrics(MetricsSink):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._server: Any = None
         self._thread: Any = None
-        self._requests: dict[tuple[str, str, str], _RequestChildren] = {}
-        self._batches: dict[tuple[str, str], _BatchChildren] = {}
-        self._models: dict[tuple[str, str], _ModelChildren] = {}
+        self._lock = threading.Lock()
+        self._bounds = tuple(sorted(latency_buckets))
+        self._requests: dict[tuple[str, str, str], _RequestStats] = {}
+        self._batches: dict[tuple[str, str], _BatchStats] = {}
+        self._models: dict[tuple[str, str], _ModelStats] = {}
         self._max_label_sets = max_label_sets
-        self._define(tuple(latency_buckets))
+        self.registry.register(_Collector(self))
+        self._define_rare()
 
-    # ---- definitions -------------------------------------------------------------------
-
-    def _define(self, buckets: tuple[float, ...]) -> None:
+    def _define_rare(self) -> None:
         reg = self.registry
         mv = ("model", "version")
-        mvc = (*mv, "class")
-        self.requests = Counter(
-            "kairos_requests", "Requests answered, by outcome (success or failure).",
-            (*mvc, "outcome"), registry=reg)
-        self.failures = Counter(
-            "kairos_request_failures", "Requests answered with an error, by reason.",
-            (*mvc, "reason"), registry=reg)
-        self.rows = Counter(
-            "kairos_inferred_rows", "Rows (batch-dimension entries) of successful requests.",
-            mvc, registry=reg)
-        self.latency = Histogram(
-            "kairos_request_duration_seconds",
-            "End-to-end latency of successful requests, from receipt to reply.",
-            mvc, buckets=buckets, registry=reg)
-        self.deadline_met = Counter(
-            "kairos_deadline_met", "Requests answered before their deadline.", mvc, registry=reg)
-        self.deadline_missed = Counter(
-            "kairos_deadline_missed",
-            "Requests that missed their deadline (served late or expired in the queue).",
-            mvc, registry=reg)
-        self.executions = Counter(
-            "kairos_executions", "Model executions (batches run).", mv, registry=reg)
-        self.dispatches = Counter(
-            "kairos_dispatches", "Executions by path: gemv = one row, gemm = several rows.",
-            (*mv, "path"), registry=reg)
-        self.batch_rows = Histogram(
-            "kairos_batch_rows", "Rows per model execution (batch size).",
-            mv, buckets=BATCH_ROWS_BUCKETS, registry=reg)
-        self.queue_time = Histogram(
-            "kairos_queue_duration_seconds",
-            "Time a request waited in the scheduler's queue before its batch ran.",
-            mv, buckets=buckets, registry=reg)
-        self.compute_time = Histogram(
-            "kairos_compute_duration_seconds", "Time one model execution took.",
-            mv, buckets=buckets, registry=reg)
-        self.predicted = Counter(
-            "kairos_service_time_predicted_seconds",
-            "Service time the latency model predicted, summed over executions it predicted.",
-            mv, registry=reg)
-        self.observed = Counter(
-            "kairos_service_time_observed_seconds",
-            "Service time observed, summed over the same executions as the prediction.",
-            mv, registry=reg)
-        self.prediction_ratio = Histogram(
-            "kairos_service_time_observed_to_predicted_ratio",
-            "Observed / predicted service time of one execution (1 = exact).",
-            mv, buckets=PREDICTION_RATIO_BUCKETS, registry=reg)
-        self.inflight = Gauge(
-            "kairos_inflight_requests", "Requests inside the server now.", mv, registry=reg)
-        self.queue_requests = Gauge(
-            "kairos_queue_requests", "Requests waiting in the scheduler's queue.", mv, registry=reg)
-        self.queue_rows = Gauge(
-            "kairos_queue_rows", "Rows waiting in the scheduler's queue.", mv, registry=reg)
         self.model_state_gauge = Gauge(
             "kairos_model_state", "1 for the state a model version is in, 0 for the others.",
             (*mv, "state"), registry=reg)
@@ -190,63 +165,35 @@ class PrometheusMetrics(MetricsSink):
                      ("kairos_version",), registry=reg)
         info.labels(_kairos_version()).set(1)
 
-    def _request_children(self, model: str, version: str, klass: str) -> _RequestChildren:
-        if len(self._requests) >= self._max_label_sets:
-            other = self._requests.get((OTHER_MODEL, "", klass))
-            if other is not None:
-                return other
-            model, version = OTHER_MODEL, ""
-        labels = (model, version, klass)
-        children = _RequestChildren(
-            success=self.requests.labels(*labels, "success"),
-            failure=self.requests.labels(*labels, "failure"),
-            failures={reason: self.failures.labels(*labels, reason) for reason in FAILURE_REASONS},
-            rows=self.rows.labels(*labels),
-            latency=self.latency.labels(*labels),
-            met=self.deadline_met.labels(*labels),
-            missed=self.deadline_missed.labels(*labels),
-        )
-        self._requests[labels] = children
-        return children
+    def _capped(self, table: dict, key: tuple) -> tuple:
+        """`key`, or its OTHER_MODEL form once `table` holds max_label_sets entries."""
+        if len(table) < self._max_label_sets:
+            return key
+        return (OTHER_MODEL, "", *key[2:])
 
-    def _batch_children(self, model: str, version: str) -> _BatchChildren:
-        children = _BatchChildren(
-            executions=self.executions.labels(model, version),
-            gemv=self.dispatches.labels(model, version, "gemv"),
-            gemm=self.dispatches.labels(model, version, "gemm"),
-            rows=self.batch_rows.labels(model, version),
-            queue=self.queue_time.labels(model, version),
-            compute=self.compute_time.labels(model, version),
-            predicted=self.predicted.labels(model, version),
-            observed=self.observed.labels(model, version),
-            ratio=self.prediction_ratio.labels(model, version),
-        )
-        self._batches[(model, version)] = children
-        return children
+    def _request_stats(self, model: str, version: str, klass: str) -> _RequestStats:
+        key = self._capped(self._requests, (model, version, klass))
+        with self._lock:
+            return self._requests.setdefault(key, _RequestStats(len(self._bounds)))
 
-    def _model_children(self, model: str, version: str) -> _ModelChildren:
-        if len(self._models) >= self._max_label_sets:
-            other = self._models.get((OTHER_MODEL, ""))
-            if other is not None:
-                return other
-            model, version = OTHER_MODEL, ""
-        children = _ModelChildren(
-            inflight=self.inflight.labels(model, version),
-            queue_requests=self.queue_requests.labels(model, version),
-            queue_rows=self.queue_rows.labels(model, version),
-        )
-        self._models[(model, version)] = children
-        return children
+    def _batch_stats(self, model: str, version: str) -> _BatchStats:
+        with self._lock:
+            return self._batches.setdefault((model, version), _BatchStats(len(self._bounds)))
+
+    def _model_stats(self, model: str, version: str) -> _ModelStats:
+        key = self._capped(self._models, (model, version))
+        with self._lock:
+            return self._models.setdefault(key, _ModelStats())
 
     def prepare(self, model: str, version: str) -> None:
         """Create a model version's series at 0, so they exist before its first request."""
         for klass in REQUEST_CLASSES:
             if (model, version, klass) not in self._requests:
-                self._request_children(model, version, klass)
+                self._request_stats(model, version, klass)
         if (model, version) not in self._batches:
-            self._batch_children(model, version)
+            self._batch_stats(model, version)
         if (model, version) not in self._models:
-            self._model_children(model, version)
+            self._model_stats(model, version)
 
     # ---- MetricsSink: hot path ---------------------------------------------------------
 
@@ -260,25 +207,24 @@ class PrometheusMetrics(MetricsSink):
         klass: str = "online",
         met_deadline: bool | None = None,
     ) -> None:
-        children = self._requests.get((model, version, klass))
-        if children is None:
-            children = self._request_children(model, version, klass)
-        if outcome == "success":
-            children.success.inc()
-            children.rows.inc(rows)
-            # Only successes: fast refusals would otherwise pull the tail latency down.
-            children.latency.observe(latency_s)
-        else:
-            children.failure.inc()
-            failure = children.failures.get(outcome)
-            if failure is None:
-                failure = children.failures[outcome] = self.failures.labels(
-                    model, version, klass, outcome)
-            failure.inc()
-        if met_deadline is True:
-            children.met.inc()
-        elif met_deadline is False:
-            children.missed.inc()
+        stats = self._requests.get((model, version, klass))
+        if stats is None:
+            stats = self._request_stats(model, version, klass)
+        with self._lock:
+            if outcome == "success":
+                stats.success += 1
+                stats.rows += rows
+                # Only successes: fast refusals would otherwise pull the tail latency down.
+                latency = stats.latency
+                latency.counts[bisect_left(self._bounds, latency_s)] += 1
+                latency.sum += latency_s
+            else:
+                stats.failure += 1
+                stats.failures[outcome] = stats.failures.get(outcome, 0) + 1
+            if met_deadline is True:
+                stats.met += 1
+            elif met_deadline is False:
+                stats.missed += 1
 
     def batch_executed(
         self,
@@ -289,33 +235,53 @@ class PrometheusMetrics(MetricsSink):
         compute_s: float,
         predicted_s: float | None,
     ) -> None:
-        children = self._batches.get((model, version))
-        if children is None:
-            children = self._batch_children(model, version)
-        children.executions.inc()
-        # One row is a matrix-vector product; more rows make it matrix-matrix.
-        (children.gemv if rows <= 1 else children.gemm).inc()
-        children.rows.observe(rows)
-        children.compute.observe(compute_s)
-        for queue_s in queue_times_s:
-            children.queue.observe(queue_s)
-        if predicted_s is not None and predicted_s > 0:
-            children.predicted.inc(predicted_s)
-            children.observed.inc(compute_s)
-            children.ratio.observe(compute_s / predicted_s)
+        stats = self._batches.get((model, version))
+        if stats is None:
+            stats = self._batch_stats(model, version)
+        bounds = self._bounds
+        with self._lock:
+            # One row is a matrix-vector product; more rows make it matrix-matrix.
+            if rows <= 1:
+                stats.gemv += 1
+            else:
+                stats.gemm += 1
+            stats.rows.counts[bisect_left(BATCH_ROWS_BUCKETS, rows)] += 1
+            stats.rows.sum += rows
+            stats.compute.counts[bisect_left(bounds, compute_s)] += 1
+            stats.compute.sum += compute_s
+            queue = stats.queue
+            for queue_s in queue_times_s:
+                queue.counts[bisect_left(bounds, queue_s)] += 1
+                queue.sum += queue_s
+            if predicted_s is not None and predicted_s > 0:
+                ratio = compute_s / predicted_s
+                stats.predicted += predicted_s
+                stats.observed += compute_s
+                stats.ratio.counts[bisect_left(PREDICTION_RATIO_BUCKETS, ratio)] += 1
+                stats.ratio.sum += ratio
 
     def request_started(self, model: str, version: str) -> None:
-        children = self._models.get((model, version)) or self._model_children(model, version)
-        children.inflight.inc()
+        stats = self._models.get((model, version)) or self._model_stats(model, version)
+        with self._lock:
+            stats.inflight += 1
 
     def request_ended(self, model: str, version: str) -> None:
-        children = self._models.get((model, version)) or self._model_children(model, version)
-        children.inflight.dec()
+        stats = self._models.get((model, version)) or self._model_stats(model, version)
+        with self._lock:
+            stats.inflight -= 1
 
     def queue_depth(self, model: str, version: str, requests: int, rows: int) -> None:
-        children = self._models.get((model, version)) or self._model_children(model, version)
-        children.queue_requests.set(requests)
-        children.queue_rows.set(rows)
+        stats = self._models.get((model, version)) or self._model_stats(model, version)
+        stats.queue_requests, stats.queue_rows = requests, rows
+
+    def snapshot(self) -> tuple[dict, dict, dict]:
+        """Deep copies of the per-request tables, taken under the lock (for the collector)."""
+        with self._lock:
+            return (
+                {k: _copy(v) for k, v in self._requests.items()},
+                {k: _copy(v) for k, v in self._batches.items()},
+                {k: _copy(v) for k, v in self._models.items()},
+            )
 
     # ---- MetricsSink: model life cycle (rare) ------------------------------------------
 
@@ -365,6 +331,122 @@ class PrometheusMetrics(MetricsSink):
     def exported_names(self) -> set[str]:
         """Every sample name this registry can expose (`_bucket`/`_sum`/`_count` included)."""
         return set(exported_names(self.registry.collect()))
+
+
+def _copy(stats: Any) -> Any:
+    """A copy of a stats object whose lists and dicts are not shared with the original."""
+    clone = object.__new__(type(stats))
+    for name in type(stats).__slots__:
+        value = getattr(stats, name)
+        if isinstance(value, _Histogram):
+            copied = _Histogram(len(value.counts) - 1)
+            copied.counts, copied.sum = list(value.counts), value.sum
+            value = copied
+        elif isinstance(value, dict):
+            value = dict(value)
+        setattr(clone, name, value)
+    return clone
+
+
+class _Collector:
+    """Turns PrometheusMetrics' tables into metric families when Prometheus scrapes."""
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self.metrics = metrics
+        self.latency_le = [floatToGoString(b) for b in metrics._bounds]
+        self.rows_le = [floatToGoString(b) for b in BATCH_ROWS_BUCKETS]
+        self.ratio_le = [floatToGoString(b) for b in PREDICTION_RATIO_BUCKETS]
+
+    def collect(self) -> Iterator[Any]:
+        requests, batches, models = self.metrics.snapshot()
+        yield from self._request_families(requests)
+        yield from self._batch_families(batches)
+        yield from self._model_families(models)
+
+    def _request_families(self, table: dict) -> Iterator[Any]:
+        mvc = ["model", "version", "class"]
+        total = CounterMetricFamily(
+            "kairos_requests", "Requests answered, by outcome (success or failure).",
+            labels=[*mvc, "outcome"])
+        failures = CounterMetricFamily(
+            "kairos_request_failures", "Requests answered with an error, by reason.",
+            labels=[*mvc, "reason"])
+        rows = CounterMetricFamily(
+            "kairos_inferred_rows", "Rows (batch-dimension entries) of successful requests.",
+            labels=mvc)
+        latency = HistogramMetricFamily(
+            "kairos_request_duration_seconds",
+            "End-to-end latency of successful requests, from receipt to reply.", labels=mvc)
+        met = CounterMetricFamily(
+            "kairos_deadline_met", "Requests answered before their deadline.", labels=mvc)
+        missed = CounterMetricFamily(
+            "kairos_deadline_missed",
+            "Requests that missed their deadline (served late or expired in the queue).",
+            labels=mvc)
+        for key, stats in table.items():
+            total.add_metric([*key, "success"], stats.success)
+            total.add_metric([*key, "failure"], stats.failure)
+            for reason, count in stats.failures.items():
+                failures.add_metric([*key, reason], count)
+            rows.add_metric(list(key), stats.rows)
+            latency.add_metric(list(key), stats.latency.cumulative(self.latency_le),
+                               stats.latency.sum)
+            met.add_metric(list(key), stats.met)
+            missed.add_metric(list(key), stats.missed)
+        return iter((total, failures, rows, latency, met, missed))
+
+    def _batch_families(self, table: dict) -> Iterator[Any]:
+        mv = ["model", "version"]
+        executions = CounterMetricFamily(
+            "kairos_executions", "Model executions (batches run).", labels=mv)
+        dispatches = CounterMetricFamily(
+            "kairos_dispatches", "Executions by path: gemv = one row, gemm = several rows.",
+            labels=[*mv, "path"])
+        rows = HistogramMetricFamily(
+            "kairos_batch_rows", "Rows per model execution (batch size).", labels=mv)
+        queue = HistogramMetricFamily(
+            "kairos_queue_duration_seconds",
+            "Time a request waited in the scheduler's queue before its batch ran.", labels=mv)
+        compute = HistogramMetricFamily(
+            "kairos_compute_duration_seconds", "Time one model execution took.", labels=mv)
+        predicted = CounterMetricFamily(
+            "kairos_service_time_predicted_seconds",
+            "Service time the latency model predicted, summed over executions it predicted.",
+            labels=mv)
+        observed = CounterMetricFamily(
+            "kairos_service_time_observed_seconds",
+            "Service time observed, summed over the same executions as the prediction.",
+            labels=mv)
+        ratio = HistogramMetricFamily(
+            "kairos_service_time_observed_to_predicted_ratio",
+            "Observed / predicted service time of one execution (1 = exact).", labels=mv)
+        for key, stats in table.items():
+            labels = list(key)
+            # Every execution takes exactly one path, so the sum is the execution count.
+            executions.add_metric(labels, stats.gemv + stats.gemm)
+            dispatches.add_metric([*labels, "gemv"], stats.gemv)
+            dispatches.add_metric([*labels, "gemm"], stats.gemm)
+            rows.add_metric(labels, stats.rows.cumulative(self.rows_le), stats.rows.sum)
+            queue.add_metric(labels, stats.queue.cumulative(self.latency_le), stats.queue.sum)
+            compute.add_metric(labels, stats.compute.cumulative(self.latency_le), stats.compute.sum)
+            predicted.add_metric(labels, stats.predicted)
+            observed.add_metric(labels, stats.observed)
+            ratio.add_metric(labels, stats.ratio.cumulative(self.ratio_le), stats.ratio.sum)
+        return iter((executions, dispatches, rows, queue, compute, predicted, observed, ratio))
+
+    def _model_families(self, table: dict) -> Iterator[Any]:
+        mv = ["model", "version"]
+        inflight = GaugeMetricFamily(
+            "kairos_inflight_requests", "Requests inside the server now.", labels=mv)
+        queued = GaugeMetricFamily(
+            "kairos_queue_requests", "Requests waiting in the scheduler's queue.", labels=mv)
+        queued_rows = GaugeMetricFamily(
+            "kairos_queue_rows", "Rows waiting in the scheduler's queue.", labels=mv)
+        for key, stats in table.items():
+            inflight.add_metric(list(key), stats.inflight)
+            queued.add_metric(list(key), stats.queue_requests)
+            queued_rows.add_metric(list(key), stats.queue_rows)
+        return iter((inflight, queued, queued_rows))
 
 
 def exported_names(families: Iterable[Any]) -> Iterable[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 import urllib.request
 
 import pytest
@@ -185,3 +186,36 @@ def test_label_sets_are_capped() -> None:
     assert value(metrics, "kairos_request_failures_total", model="__other__", version="",
                  reason="not_found", **{"class": "online"}) == 7
     assert value(metrics, "kairos_inflight_requests", model="__other__", version="") == 0
+
+
+def test_bucket_edges_count_as_less_or_equal(metrics: PrometheusMetrics) -> None:
+    metrics.request_finished(M, V, "success", 0.001, 1)  # exactly on the 1 ms edge
+    metrics.request_finished(M, V, "success", 11.0, 1)   # beyond the last bucket
+    mvc = {"model": M, "version": V, "class": "online"}
+    assert value(metrics, "kairos_request_duration_seconds_bucket", **mvc, le="0.0005") == 0
+    assert value(metrics, "kairos_request_duration_seconds_bucket", **mvc, le="0.001") == 1
+    assert value(metrics, "kairos_request_duration_seconds_bucket", **mvc, le="10.0") == 1
+    assert value(metrics, "kairos_request_duration_seconds_bucket", **mvc, le="+Inf") == 2
+
+
+def test_concurrent_updates_are_not_lost(metrics: PrometheusMetrics) -> None:
+    def hammer() -> None:
+        for _ in range(2000):
+            metrics.request_started(M, V)
+            metrics.request_finished(M, V, "success", 0.0003, 2, met_deadline=True)
+            metrics.batch_executed(M, V, 2, [0.0001], 0.0002, 0.0002)
+            metrics.request_ended(M, V)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for _ in range(20):  # scrapes while the counts move
+        metrics.exposition()
+    for thread in threads:
+        thread.join()
+    mvc = {"model": M, "version": V, "class": "online"}
+    assert value(metrics, "kairos_requests_total", **mvc, outcome="success") == 8000
+    assert value(metrics, "kairos_inferred_rows_total", **mvc) == 16000
+    assert value(metrics, "kairos_request_duration_seconds_count", **mvc) == 8000
+    assert value(metrics, "kairos_dispatches_total", model=M, version=V, path="gemm") == 8000
+    assert value(metrics, "kairos_inflight_requests", model=M, version=V) == 0
