@@ -104,11 +104,26 @@ def quantize_model(model: Path | str, mode: str, measure: Measure, dest: Destina
                                    calibration_batch_size, activation_type, num_bins=num_bins,
                                    num_quantized_bins=num_quantized_bins, percentile=percentile)
             extra["calibration_ranges"] = q.range_summary(ranges)
-            warnings = []
+            warnings = [w for w in [_graph_level_warning(target)] if w]
         else:
             warnings = q.fp16(proto, target.model_path)
         return _finish(source, target, f"quantize-{mode}", settings, measure, warnings, notes,
                        slow_what=f"{mode} quantization", **extra)
+
+
+def _graph_level_warning(target: Target) -> str | None:
+    """Static QDQ is fast only when onnxruntime fuses it (graph_optimization: all)."""
+    import yaml
+
+    config = target.model_dir / "config.yaml"
+    try:
+        level = (yaml.safe_load(config.read_text()) or {}).get("graph_optimization", "all")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if level == "all":
+        return None
+    return (f"{config} sets graph_optimization: {level}; static QDQ models then run "
+            "dequantize -> fp32 -> quantize and are slower than fp32: set it to 'all'")
 
 
 def _static_settings(method: str, per_channel: bool, rows: int, batch_size: int, activation_type: str,

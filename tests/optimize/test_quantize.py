@@ -103,3 +103,10 @@ def test_static_needs_calibration_data(repo: Path, measure) -> None:
 
     with pytest.raises(DataError, match="needs calibration data"):
         quantize_model(repo / "mlp", "static", measure)
+
+
+def test_static_warns_when_the_served_config_disables_graph_fusion(repo: Path, measure, digits) -> None:
+    (repo / "mlp" / "config.yaml").write_text("graph_optimization: basic\n")
+    calibration = Dataset(digits.train.x[:100], source="calib")
+    out = quantize_model(repo / "mlp", "static", measure, calibration=calibration)
+    assert any("graph_optimization: basic" in w for w in out.report["warnings"])
