@@ -81,7 +81,9 @@ def _check_shape(name: str, shape: Sequence[int]) -> int:
         if dim < 0:
             raise TensorError(f"input '{name}': negative dimension {dim} in shape {list(shape)}")
         count *= dim
-        if count > MAX_ELEMENTS:
+        # Each dim too: with a zero elsewhere the product stays 0, but numpy still
+        # refuses a shape like [0, 2**62] (ValueError, which would surface as INTERNAL).
+        if count > MAX_ELEMENTS or dim > MAX_ELEMENTS:
             raise TensorError(f"input '{name}': shape {list(shape)} is too large")
     return count
 

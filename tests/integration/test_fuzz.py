@@ -13,6 +13,7 @@ the message names the category and the request.
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 from collections import Counter, defaultdict
@@ -39,7 +40,8 @@ VALID_EVERY = 4  # one valid request after every few malformed ones
 WINDOW = 64  # requests in flight at once
 MAX_MESSAGE_MB = 1
 MAX_ROWS = 64
-SEED = 20261124
+# Fixed so a failure reproduces; set KAIROS_FUZZ_SEED to explore other request sets.
+SEED = int(os.environ.get("KAIROS_FUZZ_SEED", "20261124"))
 
 Case = tuple[str, object, frozenset]  # (category, request or raw bytes, acceptable codes)
 
@@ -137,6 +139,9 @@ def bad_dims(rng):
     shape[axis] = rng.choice(
         [-1, -2, -(2**62), 0, 2**31, 2**40, 2**62, 2**63 - 1, shape[axis] + rng.randint(1, 5)]
     )
+    if rng.random() < 0.2:  # no elements at all, but a huge dim: numpy cannot shape it
+        shape[1 - axis] = 0
+        request.raw_input_contents[0] = b""
     return request
 
 
@@ -469,7 +474,8 @@ _datatypes = st.sampled_from(sorted(codec.ALL_DATATYPES) + ["", "fp32", "X"])
 _shapes = st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-2, 8), max_size=20)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(
     datatype=_datatypes,
     shape=_shapes,
