@@ -11,6 +11,7 @@ gets SIGTERM, then classifies every request:
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -155,6 +156,16 @@ def test_watch_reloads_a_changed_model_under_load(tmp_path: Path):
             except grpc.RpcError:
                 assert time.monotonic() < end, "--watch did not load the new model"
                 time.sleep(0.1)
+        # The folder goes away: --watch unloads it (its requests drain first).
+        shutil.rmtree(tmp_path / "added")
+        while True:
+            try:
+                answers_like(stub, "added", old)
+            except grpc.RpcError as error:
+                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND)
+                break
+            assert time.monotonic() < end, "--watch did not unload the removed model"
+            time.sleep(0.1)
         load.wait_for_ok(load.outcomes["ok"] + 20)
         outcomes = load.finish()
     print(f"--watch reload under load: {dict(outcomes)}")
