@@ -289,3 +289,29 @@ def test_sigterm_ends_open_streams_after_answering_them(slow_repo: Path):
           f"{40 - len(ids)} unread (to resend), stream ended after {time.monotonic() - signalled:.1f}s")
     assert code == 0
     assert len(answered) > 1  # requests in flight at SIGTERM were finished
+
+
+def test_a_broken_new_model_keeps_the_old_one_serving(tmp_path: Path):
+    """A bad deploy (corrupt file) fails the reload, not the model: the version in
+    memory keeps answering, by RPC reload and by --watch alike."""
+    model = mlp(WIDTH, 2, seed=20)
+    write_model(tmp_path, "mlp", model, config=FAST_CONFIG)
+    with running_server(tmp_path, "--watch", "--watch-interval", "0.2") as server, \
+            grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        load = LoadThread(server.address, "mlp", WIDTH, check=any_of(model))
+        load.start()
+        load.wait_for_ok(20)
+        path = tmp_path / "mlp" / "1" / "model.onnx"
+        temporary = path.with_name("broken.tmp")
+        temporary.write_bytes(b"not an onnx model")
+        temporary.replace(path)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"), timeout=TIMEOUT)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        time.sleep(1.0)  # several --watch polls see the broken file and try it too
+        assert answers_like(stub, "mlp", model)
+        load.wait_for_ok(load.outcomes["ok"] + 20)
+        outcomes = load.finish()
+        assert "watch: model 'mlp' failed to load" in server.log()  # --watch tried too
+    assert outcomes["lost"] == 0 and outcomes["refused"] == 0, load.lost[:5]
