@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+import socket
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from typing import Any
+from urllib.parse import urlsplit
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from . import MetricsSink
@@ -61,6 +64,8 @@ REQUEST_CLASSES: tuple[str, ...] = ("online", "batch")
 # so a misbehaving client cannot grow the series without bound.
 MAX_LABEL_SETS = 1000
 OTHER_MODEL = "__other__"
+# The classic text format, which every Prometheus 2.x reads.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Histogram:
@@ -135,6 +140,8 @@ class PrometheusMetrics(MetricsSink):
         with contextlib.suppress(AttributeError):
             prometheus_client.disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # Rare series (model life cycle) are ordinary prometheus_client metrics.
+        self.rare_registry = CollectorRegistry()
         self._server: Any = None
         self._thread: Any = None
         self._lock = threading.Lock()
@@ -143,11 +150,12 @@ class PrometheusMetrics(MetricsSink):
         self._batches: dict[tuple[str, str], _BatchStats] = {}
         self._models: dict[tuple[str, str], _ModelStats] = {}
         self._max_label_sets = max_label_sets
-        self.registry.register(_Collector(self))
+        self._writer = _TextWriter(self._bounds)
         self._define_rare()
+        self.registry.register(_Collector(self))
 
     def _define_rare(self) -> None:
-        reg = self.registry
+        reg = self.rare_registry
         mv = ("model", "version")
         self.model_state_gauge = Gauge(
             "kairos_model_state", "1 for the state a model version is in, 0 for the others.",
@@ -289,6 +297,12 @@ class PrometheusMetrics(MetricsSink):
         states = MODEL_STATES if state in MODEL_STATES else (*MODEL_STATES, state)
         for name in states:
             self.model_state_gauge.labels(model, version, name).set(1 if name == state else 0)
+        if version:
+            # The repository reports LOADING with version "" before it knows which
+            # versions exist; once a real version reports, that placeholder is stale.
+            for name in states:
+                with contextlib.suppress(KeyError):
+                    self.model_state_gauge.remove(model, "", name)
         if state == "READY":
             self.prepare(model, version)
 
@@ -310,9 +324,12 @@ class PrometheusMetrics(MetricsSink):
         """Serve /metrics on host:port (0 = any free port); returns the bound port."""
         if self._server is not None:
             raise RuntimeError("metrics HTTP server already started")
-        self._server, self._thread = prometheus_client.start_http_server(
-            port, addr=host, registry=self.registry)
-        return int(self._server.server_port)
+        server = _MetricsHTTPServer((host, port), self)
+        self._thread = threading.Thread(target=server.serve_forever, name="kairos-metrics",
+                                        daemon=True)
+        self._thread.start()
+        self._server = server
+        return int(server.server_address[1])
 
     def stop_http_server(self) -> None:
         """Stop serving /metrics (idempotent)."""
@@ -324,9 +341,13 @@ class PrometheusMetrics(MetricsSink):
             self._thread.join(timeout=5)
             self._thread = None
 
+    def table_text(self) -> str:
+        """The per-request series in the text format."""
+        return self._writer.write(*self.snapshot())
+
     def exposition(self) -> bytes:
-        """The current metrics in the Prometheus text format."""
-        return prometheus_client.generate_latest(self.registry)
+        """The current metrics in the Prometheus text format (what /metrics serves)."""
+        return self.table_text().encode() + prometheus_client.generate_latest(self.rare_registry)
 
     def exported_names(self) -> set[str]:
         """Every sample name this registry can expose (`_bucket`/`_sum`/`_count` included)."""
@@ -348,105 +369,163 @@ def _copy(stats: Any) -> Any:
     return clone
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else floatToGoString(value)
+
+
+class _TextWriter:
+    """The per-request tables in the Prometheus text format (0.0.4), written directly.
+
+    prometheus_client builds sample objects and validates every label on each scrape
+    (about 7 µs a line); a scrape holds the GIL, so the event loop waits meanwhile.
+    Label strings are formatted once per key and cached.
+    """
+
+    def __init__(self, latency_bounds: Sequence[float]) -> None:
+        self.latency_le = [floatToGoString(b) for b in latency_bounds]
+        self.rows_le = [floatToGoString(b) for b in BATCH_ROWS_BUCKETS]
+        self.ratio_le = [floatToGoString(b) for b in PREDICTION_RATIO_BUCKETS]
+        self._labels: dict[tuple, str] = {}
+
+    def labels(self, key: tuple) -> str:
+        text = self._labels.get(key)
+        if text is None:
+            names = ("model", "version", "class")[: len(key)]
+            text = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, key, strict=True))
+            self._labels[key] = text
+        return text
+
+    def write(self, requests: dict, batches: dict, models: dict) -> str:
+        out: list[str] = []
+        self._requests(out, requests)
+        self._batches(out, batches)
+        self._models(out, models)
+        return "".join(out)
+
+    @staticmethod
+    def header(out: list[str], name: str, kind: str, doc: str) -> None:
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+
+    def scalar(self, out: list[str], name: str, kind: str, doc: str, rows: list[tuple]) -> None:
+        """One family of plain samples: rows of (key, extra label text, value)."""
+        self.header(out, name, kind, doc)
+        for key, extra, value in rows:
+            out.append(f"{name}{{{self.labels(key)}{extra}}} {_num(value)}\n")
+
+    def histogram(self, out: list[str], name: str, doc: str, rows: list[tuple]) -> None:
+        """One histogram family: rows of (key, _Histogram, le strings)."""
+        self.header(out, name, "histogram", doc)
+        for key, hist, bounds in rows:
+            labels = self.labels(key)
+            total = 0
+            for bound, count in zip((*bounds, "+Inf"), hist.counts, strict=True):
+                total += count
+                out.append(f'{name}_bucket{{{labels},le="{bound}"}} {total}\n')
+            out.append(f"{name}_count{{{labels}}} {total}\n{name}_sum{{{labels}}} {_num(hist.sum)}\n")
+
+    def _requests(self, out: list[str], table: dict) -> None:
+        items = list(table.items())
+        self.scalar(out, "kairos_requests_total", "counter",
+                    "Requests answered, by outcome (success or failure).",
+                    [(k, ',outcome="success"', s.success) for k, s in items]
+                    + [(k, ',outcome="failure"', s.failure) for k, s in items])
+        self.scalar(out, "kairos_request_failures_total", "counter",
+                    "Requests answered with an error, by reason.",
+                    [(k, f',reason="{_escape(r)}"', n) for k, s in items for r, n in s.failures.items()])
+        self.scalar(out, "kairos_inferred_rows_total", "counter",
+                    "Rows (batch-dimension entries) of successful requests.",
+                    [(k, "", s.rows) for k, s in items])
+        self.histogram(out, "kairos_request_duration_seconds",
+                       "End-to-end latency of successful requests, from receipt to reply.",
+                       [(k, s.latency, self.latency_le) for k, s in items])
+        self.scalar(out, "kairos_deadline_met_total", "counter",
+                    "Requests answered before their deadline.", [(k, "", s.met) for k, s in items])
+        self.scalar(out, "kairos_deadline_missed_total", "counter",
+                    "Requests that missed their deadline (served late or expired in the queue).",
+                    [(k, "", s.missed) for k, s in items])
+
+    def _batches(self, out: list[str], table: dict) -> None:
+        items = list(table.items())
+        # Every execution takes exactly one path, so the sum is the execution count.
+        self.scalar(out, "kairos_executions_total", "counter", "Model executions (batches run).",
+                    [(k, "", s.gemv + s.gemm) for k, s in items])
+        self.scalar(out, "kairos_dispatches_total", "counter",
+                    "Executions by path: gemv = one row, gemm = several rows.",
+                    [(k, ',path="gemv"', s.gemv) for k, s in items]
+                    + [(k, ',path="gemm"', s.gemm) for k, s in items])
+        self.histogram(out, "kairos_batch_rows", "Rows per model execution (batch size).",
+                       [(k, s.rows, self.rows_le) for k, s in items])
+        self.histogram(out, "kairos_queue_duration_seconds",
+                       "Time a request waited in the scheduler's queue before its batch ran.",
+                       [(k, s.queue, self.latency_le) for k, s in items])
+        self.histogram(out, "kairos_compute_duration_seconds", "Time one model execution took.",
+                       [(k, s.compute, self.latency_le) for k, s in items])
+        self.scalar(out, "kairos_service_time_predicted_seconds_total", "counter",
+                    "Service time the latency model predicted, summed over executions it predicted.",
+                    [(k, "", s.predicted) for k, s in items])
+        self.scalar(out, "kairos_service_time_observed_seconds_total", "counter",
+                    "Service time observed, summed over the same executions as the prediction.",
+                    [(k, "", s.observed) for k, s in items])
+        self.histogram(out, "kairos_service_time_observed_to_predicted_ratio",
+                       "Observed / predicted service time of one execution (1 = exact).",
+                       [(k, s.ratio, self.ratio_le) for k, s in items])
+
+    def _models(self, out: list[str], table: dict) -> None:
+        items = list(table.items())
+        self.scalar(out, "kairos_inflight_requests", "gauge", "Requests inside the server now.",
+                    [(k, "", s.inflight) for k, s in items])
+        self.scalar(out, "kairos_queue_requests", "gauge",
+                    "Requests waiting in the scheduler's queue.",
+                    [(k, "", s.queue_requests) for k, s in items])
+        self.scalar(out, "kairos_queue_rows", "gauge", "Rows waiting in the scheduler's queue.",
+                    [(k, "", s.queue_rows) for k, s in items])
+
+
 class _Collector:
-    """Turns PrometheusMetrics' tables into metric families when Prometheus scrapes."""
+    """The tables as metric families, for prometheus_client's registry API
+    (`generate_latest`, other exporters): parsed back from the direct text, so the
+    two can never disagree."""
 
     def __init__(self, metrics: PrometheusMetrics) -> None:
         self.metrics = metrics
-        self.latency_le = [floatToGoString(b) for b in metrics._bounds]
-        self.rows_le = [floatToGoString(b) for b in BATCH_ROWS_BUCKETS]
-        self.ratio_le = [floatToGoString(b) for b in PREDICTION_RATIO_BUCKETS]
 
     def collect(self) -> Iterator[Any]:
-        requests, batches, models = self.metrics.snapshot()
-        yield from self._request_families(requests)
-        yield from self._batch_families(batches)
-        yield from self._model_families(models)
+        yield from text_string_to_metric_families(self.metrics.table_text())
+        yield from self.metrics.rare_registry.collect()
 
-    def _request_families(self, table: dict) -> Iterator[Any]:
-        mvc = ["model", "version", "class"]
-        total = CounterMetricFamily(
-            "kairos_requests", "Requests answered, by outcome (success or failure).",
-            labels=[*mvc, "outcome"])
-        failures = CounterMetricFamily(
-            "kairos_request_failures", "Requests answered with an error, by reason.",
-            labels=[*mvc, "reason"])
-        rows = CounterMetricFamily(
-            "kairos_inferred_rows", "Rows (batch-dimension entries) of successful requests.",
-            labels=mvc)
-        latency = HistogramMetricFamily(
-            "kairos_request_duration_seconds",
-            "End-to-end latency of successful requests, from receipt to reply.", labels=mvc)
-        met = CounterMetricFamily(
-            "kairos_deadline_met", "Requests answered before their deadline.", labels=mvc)
-        missed = CounterMetricFamily(
-            "kairos_deadline_missed",
-            "Requests that missed their deadline (served late or expired in the queue).",
-            labels=mvc)
-        for key, stats in table.items():
-            total.add_metric([*key, "success"], stats.success)
-            total.add_metric([*key, "failure"], stats.failure)
-            for reason, count in stats.failures.items():
-                failures.add_metric([*key, reason], count)
-            rows.add_metric(list(key), stats.rows)
-            latency.add_metric(list(key), stats.latency.cumulative(self.latency_le),
-                               stats.latency.sum)
-            met.add_metric(list(key), stats.met)
-            missed.add_metric(list(key), stats.missed)
-        return iter((total, failures, rows, latency, met, missed))
 
-    def _batch_families(self, table: dict) -> Iterator[Any]:
-        mv = ["model", "version"]
-        executions = CounterMetricFamily(
-            "kairos_executions", "Model executions (batches run).", labels=mv)
-        dispatches = CounterMetricFamily(
-            "kairos_dispatches", "Executions by path: gemv = one row, gemm = several rows.",
-            labels=[*mv, "path"])
-        rows = HistogramMetricFamily(
-            "kairos_batch_rows", "Rows per model execution (batch size).", labels=mv)
-        queue = HistogramMetricFamily(
-            "kairos_queue_duration_seconds",
-            "Time a request waited in the scheduler's queue before its batch ran.", labels=mv)
-        compute = HistogramMetricFamily(
-            "kairos_compute_duration_seconds", "Time one model execution took.", labels=mv)
-        predicted = CounterMetricFamily(
-            "kairos_service_time_predicted_seconds",
-            "Service time the latency model predicted, summed over executions it predicted.",
-            labels=mv)
-        observed = CounterMetricFamily(
-            "kairos_service_time_observed_seconds",
-            "Service time observed, summed over the same executions as the prediction.",
-            labels=mv)
-        ratio = HistogramMetricFamily(
-            "kairos_service_time_observed_to_predicted_ratio",
-            "Observed / predicted service time of one execution (1 = exact).", labels=mv)
-        for key, stats in table.items():
-            labels = list(key)
-            # Every execution takes exactly one path, so the sum is the execution count.
-            executions.add_metric(labels, stats.gemv + stats.gemm)
-            dispatches.add_metric([*labels, "gemv"], stats.gemv)
-            dispatches.add_metric([*labels, "gemm"], stats.gemm)
-            rows.add_metric(labels, stats.rows.cumulative(self.rows_le), stats.rows.sum)
-            queue.add_metric(labels, stats.queue.cumulative(self.latency_le), stats.queue.sum)
-            compute.add_metric(labels, stats.compute.cumulative(self.latency_le), stats.compute.sum)
-            predicted.add_metric(labels, stats.predicted)
-            observed.add_metric(labels, stats.observed)
-            ratio.add_metric(labels, stats.ratio.cumulative(self.ratio_le), stats.ratio.sum)
-        return iter((executions, dispatches, rows, queue, compute, predicted, observed, ratio))
+class _Handler(BaseHTTPRequestHandler):
+    """GET /metrics (or /): the exposition; anything else 404."""
 
-    def _model_families(self, table: dict) -> Iterator[Any]:
-        mv = ["model", "version"]
-        inflight = GaugeMetricFamily(
-            "kairos_inflight_requests", "Requests inside the server now.", labels=mv)
-        queued = GaugeMetricFamily(
-            "kairos_queue_requests", "Requests waiting in the scheduler's queue.", labels=mv)
-        queued_rows = GaugeMetricFamily(
-            "kairos_queue_rows", "Rows waiting in the scheduler's queue.", labels=mv)
-        for key, stats in table.items():
-            inflight.add_metric(list(key), stats.inflight)
-            queued.add_metric(list(key), stats.queue_requests)
-            queued_rows.add_metric(list(key), stats.queue_rows)
-        return iter((inflight, queued, queued_rows))
+    server: _MetricsHTTPServer
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        if urlsplit(self.path).path not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        body = self.server.metrics.exposition()
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # one line per scrape is noise
+
+
+class _MetricsHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], metrics: PrometheusMetrics) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.metrics = metrics
+        super().__init__(address, _Handler)
 
 
 def exported_names(families: Iterable[Any]) -> Iterable[str]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import shutil
+import subprocess
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -14,6 +17,7 @@ from kairos.server.metrics.prometheus import (
     MODEL_STATES,
     PrometheusMetrics,
 )
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 M, V = "mlp256", "1"
@@ -110,11 +114,15 @@ def test_gauges(metrics: PrometheusMetrics) -> None:
 
 def test_model_state_is_one_hot_and_load_is_recorded(metrics: PrometheusMetrics) -> None:
     mv = {"model": M, "version": V}
+    metrics.model_state(M, "", "LOADING")  # before the repository knows the versions
     metrics.model_state(M, V, "LOADING")
     metrics.model_loaded(M, V, 1.25)
     metrics.model_state(M, V, "READY")
     states = {s: value(metrics, "kairos_model_state", **mv, state=s) for s in MODEL_STATES}
     assert states == {s: float(s == "READY") for s in MODEL_STATES}
+    # The version-less placeholder is gone once a real version reported.
+    assert not any(name == "kairos_model_state" and dict(labels)["version"] == ""
+                   for name, labels in samples(metrics))
     assert value(metrics, "kairos_model_load_duration_seconds", **mv) == 1.25
     assert value(metrics, "kairos_model_loads_total", **mv) == 1
     # READY creates the version's request series at 0 (dashboards show 0, not "no data").
@@ -166,7 +174,13 @@ def test_http_server_on_a_free_port(metrics: PrometheusMetrics) -> None:
         assert port > 0
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             body = reply.read().decode()
-        assert 'kairos_requests_total{class="online",model="mlp256",outcome="success",version="1"} 1.0' in body
+        assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        parsed = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                  for f in text_string_to_metric_families(body) for s in f.samples}
+        key = (("class", "online"), ("model", M), ("outcome", "success"), ("version", V))
+        assert parsed[("kairos_requests_total", key)] == 1
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
         with pytest.raises(RuntimeError):
             metrics.start_http_server(0, "127.0.0.1")
     finally:
@@ -219,3 +233,36 @@ def test_concurrent_updates_are_not_lost(metrics: PrometheusMetrics) -> None:
     assert value(metrics, "kairos_request_duration_seconds_count", **mvc) == 8000
     assert value(metrics, "kairos_dispatches_total", model=M, version=V, path="gemm") == 8000
     assert value(metrics, "kairos_inflight_requests", model=M, version=V) == 0
+
+
+def busy(metrics: PrometheusMetrics) -> PrometheusMetrics:
+    metrics.model_state(M, V, "READY")
+    metrics.model_loaded(M, V, 0.5)
+    metrics.model_slo(M, V, 0.01)
+    metrics.request_finished(M, V, "success", 0.0004, 3, met_deadline=True)
+    metrics.request_finished('odd "name"\\x', V, "not_found", 0.0001, 1)
+    metrics.batch_executed(M, V, 3, [0.0001, 0.0002], 0.0003, 0.00025)
+    metrics.queue_depth(M, V, 2, 5)
+    return metrics
+
+
+def test_direct_text_equals_the_registry_view(metrics: PrometheusMetrics) -> None:
+    """/metrics is written directly; prometheus_client's view of the registry must agree."""
+    busy(metrics)
+    direct = samples(metrics)
+    registry = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+                for s in f.samples}
+    assert direct == registry
+    assert ("kairos_requests_total", (("class", "online"), ("model", 'odd "name"\\x'),
+                                      ("outcome", "failure"), ("version", V))) in direct
+
+
+def test_promtool_accepts_the_exposition(metrics: PrometheusMetrics) -> None:
+    """`promtool check metrics` parses the text and lints names, units and help."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    done = subprocess.run([promtool, "check", "metrics"], input=busy(metrics).exposition(),
+                          capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
