@@ -160,8 +160,9 @@ class KairosServer:
         server, grpc_port = self._grpc_server()
         await server.start()
         await self.repository.load_all()
-        self.ready = True
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if not self.stopping.is_set():  # a SIGTERM during loading: never report ready
+            self.ready = True
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.args.watch:
             self.watcher = RepositoryWatcher(self.repository, self.args.watch_interval)
             self.watcher.start()

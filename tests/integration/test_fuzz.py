@@ -525,3 +525,16 @@ def test_undecodable_messages_on_a_stream(server):
     assert len(errors) == 30
     assert all(e.startswith("INVALID_ARGUMENT: request is not a valid") for e in errors)
     assert sorted(int(r.infer_response.id) for r in replies if not r.error_message) == list(range(0, 60, 2))
+
+
+@pytest.mark.parametrize("method", [m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+                                    if not m.client_streaming])
+def test_undecodable_bytes_to_every_unary_method(server, method):
+    """Whatever the method, bytes that do not parse are INVALID_ARGUMENT, not UNKNOWN."""
+    with grpc.insecure_channel(server.address) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                   request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as error:
+            call(b"\xff\xff\xff\xff", timeout=10)
+    assert error.value.code() == INVALID
+    assert "not a valid" in error.value.details()
