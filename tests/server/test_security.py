@@ -287,3 +287,26 @@ def test_names_and_symlinks_cannot_reach_outside_the_repository(tmp_path):
 def infer_model(stub, name: str) -> np.ndarray:
     request = codec.build_request(name, {"input": np.ones((1, 4), np.float32)})
     return codec.decode_response_outputs(stub.ModelInfer(request, timeout=10))["output"]
+
+
+def test_kairos_client_over_mutual_tls_with_a_token(repo, pki, tmp_path):
+    """The Kairos client library end to end: client certificate + CA + bearer token."""
+    from kairos.client import InferenceClient, InferenceServerError
+
+    token_file = tmp_path / "tokens"
+    token_file.write_text(TOKENS[1] + "\n")
+    client_credentials = grpc.ssl_channel_credentials(
+        pki.read("ca_cert"), pki.read("client_key"), pki.read("client_cert")
+    )
+    args = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+            "--tls-client-ca", str(pki.ca_cert), "--auth-token-file", str(token_file))
+    tls = {"ssl_root_cert": pki.ca_cert, "ssl_client_cert": pki.client_cert,
+           "ssl_client_key": pki.client_key}
+    with running_server(repo, *args, credentials=client_credentials) as server:
+        with InferenceClient(server.address, token=TOKENS[1], **tls) as client:
+            out = client.infer("identity_fp32", {"input": np.ones((1, 4), np.float32)}, timeout=10)
+            np.testing.assert_array_equal(out["output"], np.ones((1, 4)))
+        with InferenceClient(server.address, token="wrong", **tls) as client, \
+                pytest.raises(InferenceServerError) as error:
+            client.infer("identity_fp32", {"input": np.ones((1, 4), np.float32)}, timeout=10)
+        assert error.value.status == "UNAUTHENTICATED"
