@@ -37,7 +37,7 @@ def _read_array(path: Path) -> np.ndarray | dict[str, np.ndarray]:
     return loaded
 
 
-def _pick(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: Path) -> np.ndarray | None:
+def _pick(arrays: dict[str, np.ndarray], keys: tuple[str, ...]) -> np.ndarray | None:
     for key in keys:
         if key in arrays:
             return arrays[key]
@@ -52,17 +52,17 @@ def load_dataset(path: Path | str, labels: Path | str | None = None,
     loaded = _read_array(path)
     if isinstance(loaded, dict):
         keys = ((input_name,) if input_name else ()) + INPUT_KEYS
-        x = _pick(loaded, keys, path)
+        x = _pick(loaded, keys)
         if x is None:
             raise DataError(f"{path}: no input array; expected one of the keys {', '.join(keys)} "
                             f"(found {', '.join(loaded) or 'none'})")
-        y = _pick(loaded, LABEL_KEYS, path)
+        y = _pick(loaded, LABEL_KEYS)
     else:
         x, y = loaded, None
     if labels is not None:
         y = _read_array(Path(labels))
         if isinstance(y, dict):
-            y = _pick(y, LABEL_KEYS, Path(labels))
+            y = _pick(y, LABEL_KEYS)
             if y is None:
                 raise DataError(f"{labels}: no labels array (keys {', '.join(LABEL_KEYS)})")
     return _checked(x, y, str(path))

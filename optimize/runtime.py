@@ -31,7 +31,10 @@ def make_session(path: Path | str, threads: int = 1, provider: str = PROVIDER) -
 def run(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The first output for all rows of `x`, computed `batch_size` rows at a time."""
     name = session.get_inputs()[0].name
-    parts = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    try:
+        parts = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    except Exception as exc:  # onnxruntime's own exception types (wrong dtype, shape, ...)
+        raise OptimizeError(f"onnxruntime could not run the model on input '{name}': {exc}") from None
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
