@@ -319,3 +319,25 @@ def test_scheduler_queued_batch_rows_do_not_refuse_online_requests() -> None:
     for _ in range(4):
         core.admit(request(1024, 600.0, "batch"), now)  # 4096 batch rows queued
     core.admit(request(1, 0.050, "online"), now)  # must not be refused as "queue full"
+
+
+def test_resume_after_kill_between_output_and_checkpoint_removal(server, repo, tmp_path,
+                                                                 monkeypatch) -> None:
+    import kairos.client.batch.cli as cli
+
+    x = features(500, 8)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    args = [MLP, "-i", str(tmp_path / "x.npy"), "-o", str(out), "--url", server.address]
+
+    def killed(output: Path) -> None:
+        raise SystemExit(137)
+
+    monkeypatch.setattr(cli, "remove_checkpoint", killed)
+    with pytest.raises(SystemExit):
+        run_cli(*args)
+    assert out.exists() and json.loads(checkpoint_path(out).read_text())["finalizing"]
+    monkeypatch.undo()
+    assert run_cli(*args, "--resume") == 0
+    assert not checkpoint_path(out).exists()
+    assert np.array_equal(np.load(out), reference(repo, MLP, {"input": x})["output"])
