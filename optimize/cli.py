@@ -1,5 +1,6 @@
-"""`kairos optimize quantize|prune|distill|report` (argparse).
+"""Make int8, fp16, pruned and distilled variants of an fp32 ONNX model, each with a report.
 
+`kairos optimize quantize|prune|distill|report` (argparse).
 The main `kairos` CLI calls `register(subparsers)`; `python -m kairos.optimize` calls
 `main(argv)`. Input problems print one line `kairos optimize: error: ...` and exit 2.
 """
