@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import shutil
 import subprocess
 import threading
 import urllib.error
@@ -17,6 +16,7 @@ from kairos.server.metrics.prometheus import (
     MODEL_STATES,
     PrometheusMetrics,
 )
+from kairos_testing.prometheus import binary
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -260,9 +260,6 @@ def test_direct_text_equals_the_registry_view(metrics: PrometheusMetrics) -> Non
 
 def test_promtool_accepts_the_exposition(metrics: PrometheusMetrics) -> None:
     """`promtool check metrics` parses the text and lints names, units and help."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    done = subprocess.run([promtool, "check", "metrics"], input=busy(metrics).exposition(),
+    done = subprocess.run([binary("promtool"), "check", "metrics"], input=busy(metrics).exposition(),
                           capture_output=True, timeout=30)
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
