@@ -21,49 +21,53 @@ from pathlib import Path
 from typing import Any
 
 from issue7_common import (
+    KairosHandle,
     config,
     floor_server,
-    kairos_server,
     measure,
+    measure_kairos,
     median,
     mlp256_file,
     models_folder,
     pin_generator,
     save,
-    wait_ready,
     write_model,
 )
 
 MODEL = "mlp256"
-SWEEP_FRACTIONS = (0.05, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25)
+SWEEP_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2)
 
 
-def c1_latency(floor, kairos, repeats: int, duration: float) -> dict[str, Any]:
+def c1_latency(floor, kairos: KairosHandle, repeats: int, duration: float) -> dict[str, Any]:
     """c=1 p50 of both, alternated so drift in the machine hits both alike."""
     points: dict[str, list] = {"floor": [], "kairos": []}
     for i in range(repeats):
-        for name, server in (("floor", floor), ("kairos", kairos)):
-            cfg = config(server, MODEL, concurrency=1, duration_s=duration)
-            points[name].append(measure(cfg, label=f"{name} c=1 #{i}"))
+        points["floor"].append(measure(config(floor, MODEL, concurrency=1, duration_s=duration),
+                                       label=f"floor c=1 #{i}"))
+        points["kairos"].append(measure_kairos(kairos, MODEL, label=f"kairos c=1 #{i}",
+                                               concurrency=1, duration_s=duration))
     p50 = {name: median([p["latency_ms"]["p50"] for p in pts]) for name, pts in points.items()}
     return {"points": points, "p50_ms": p50, "delta_ms": round(p50["kairos"] - p50["floor"], 4)}
 
 
 def peak_throughput(server, concurrencies: tuple[int, ...], duration: float, label: str) -> dict[str, Any]:
     """Closed loop without deadline: the most req/s the server answers."""
-    points = [
-        measure(config(server, MODEL, concurrency=c, deadline_ms=0, duration_s=duration),
-                label=f"{label} peak c={c}")
-        for c in concurrencies
-    ]
+    points = []
+    for c in concurrencies:
+        changes = {"concurrency": c, "deadline_ms": 0, "duration_s": duration}
+        if isinstance(server, KairosHandle):
+            points.append(measure_kairos(server, MODEL, label=f"{label} peak c={c}", **changes))
+        else:
+            points.append(measure(config(server, MODEL, **changes), label=f"{label} peak c={c}"))
     best = max(points, key=lambda p: p["throughput"])
     return {"points": points, "peak_rps": best["throughput"], "at_concurrency": best["concurrency"]}
 
 
 def sweep(server, rates: list[float], duration: float, label: str) -> list[dict[str, Any]]:
-    return [measure(config(server, MODEL, rates=[r], duration_s=duration,
-                           metrics_url=getattr(server, "metrics_url", None)),
-                    label=f"{label} sweep")
+    if isinstance(server, KairosHandle):
+        return [measure_kairos(server, MODEL, label=f"{label} sweep", rates=[r], duration_s=duration)
+                for r in rates]
+    return [measure(config(server, MODEL, rates=[r], duration_s=duration), label=f"{label} sweep")
             for r in rates]
 
 
@@ -90,8 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
         repo = Path(tmp)
         write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
-        with floor_server() as floor, kairos_server(repo) as kairos:
-            wait_ready(kairos, MODEL)
+        with floor_server() as floor, KairosHandle(repo, [MODEL]) as kairos:
             out["c1"] = c1_latency(floor, kairos, args.repeats, args.duration)
             out["floor_peak"] = peak_throughput(floor, (8, 32), args.duration, "floor")
             out["kairos_closed_peak"] = peak_throughput(kairos, (8, 32), args.duration, "kairos")
@@ -99,6 +102,8 @@ def main() -> None:
             out["rates"] = rates
             out["kairos_sweep"] = sweep(kairos, rates, args.duration, "kairos")
             out["floor_sweep"] = sweep(floor, rates, args.duration, "floor")
+            out["kairos_restarts"] = kairos.restarts
+            out["kairos_wedged_points"] = kairos.wedged_points
     peak = max(p["goodput"] for p in out["kairos_sweep"])
     floor_peak = out["floor_peak"]["peak_rps"]
     out["kairos_peak_goodput"] = peak

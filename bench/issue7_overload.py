@@ -24,16 +24,16 @@ from typing import Any
 
 from issue7_common import (
     RESULTS,
+    KairosHandle,
     config,
     floor_server,
-    kairos_server,
     measure,
+    measure_kairos,
     mlp256_file,
     mlp_heavy_file,
     models_folder,
     pin_generator,
     save,
-    wait_ready,
     write_model,
 )
 
@@ -42,49 +42,51 @@ HEAVY_SLO_MS = 250.0
 LIGHT = "mlp256"
 
 
-def find_peak(server, model: str, rates: list[float], duration: float, slo_ms: float,
+def point(target, model: str, label: str, **changes: Any) -> dict[str, Any]:
+    """One point on Kairos (restarted if found wedged) or on the floor."""
+    if isinstance(target, KairosHandle):
+        return measure_kairos(target, model, label=label, **changes)
+    return measure(config(target, model, **changes), label=label)
+
+
+def find_peak(target, model: str, rates: list[float], duration: float, slo_ms: float,
               label: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    points = [measure(config(server, model, rates=[r], duration_s=duration, slo_ms=slo_ms,
-                             metrics_url=server.metrics_url), label=f"{label} sweep")
+    points = [point(target, model, f"{label} sweep", rates=[r], duration_s=duration, slo_ms=slo_ms)
               for r in rates]
     return points, max(points, key=lambda p: p["goodput"])
-
-
-def overload_point(server, model: str, rate: float, duration: float, slo_ms: float, label: str) -> dict[str, Any]:
-    return measure(config(server, model, rates=[rate], duration_s=duration, slo_ms=slo_ms,
-                          metrics_url=server.metrics_url), label=label)
 
 
 def model_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     write_model(repo, HEAVY, mlp_heavy_file(models_folder()),
                 f"max_batch_size: 32\nslo_ms: {HEAVY_SLO_MS:g}\nintra_op_threads: 1\n")
-    with kairos_server(repo, timeout=600) as kairos:
-        wait_ready(kairos, HEAVY, timeout=600)
+    with KairosHandle(repo, [HEAVY]) as kairos:
         # The most it answers at all: closed loop, no deadline, a full batch in flight.
-        closed = measure(config(kairos, HEAVY, concurrency=32, deadline_ms=0, slo_ms=HEAVY_SLO_MS,
-                                duration_s=args.duration), label="heavy closed c=32")
+        closed = point(kairos, HEAVY, "heavy closed c=32", concurrency=32, deadline_ms=0,
+                       slo_ms=HEAVY_SLO_MS, duration_s=args.duration)
         capacity = closed["throughput"]
         rates = [round(capacity * f, 1) for f in (0.6, 0.8, 0.9, 1.0, 1.1)]
         sweep, best = find_peak(kairos, HEAVY, rates, args.duration, HEAVY_SLO_MS, "heavy")
         peak_rate = best["offered_rate"]
-        over = overload_point(kairos, HEAVY, 2 * peak_rate, args.duration, HEAVY_SLO_MS, "heavy 2x")
+        over = point(kairos, HEAVY, "heavy 2x", rates=[2 * peak_rate], duration_s=args.duration,
+                     slo_ms=HEAVY_SLO_MS)
+        restarts = kairos.restarts
     return {"closed_c32": closed, "sweep": sweep, "peak_goodput": best["goodput"],
-            "peak_rate": peak_rate, "overload": over,
+            "peak_rate": peak_rate, "overload": over, "kairos_restarts": restarts,
             "ratio": round(over["goodput"] / best["goodput"], 4) if best["goodput"] else None}
 
 
 def front_end_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
     write_model(repo, LIGHT, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
-    with floor_server() as floor, kairos_server(repo) as kairos:
-        wait_ready(kairos, LIGHT)
+    with floor_server() as floor, KairosHandle(repo, [LIGHT]) as kairos:
         rates = light_rates(args.light_rates)
         sweep, best = find_peak(kairos, LIGHT, rates, args.duration, 10.0, "mlp256")
         peak_rate = best["offered_rate"]
-        over = overload_point(kairos, LIGHT, 2 * peak_rate, args.duration, 10.0, "mlp256 2x")
-        floor_over = overload_point(floor, LIGHT, 2 * peak_rate, args.duration, 10.0, "floor 2x")
+        over = point(kairos, LIGHT, "mlp256 2x", rates=[2 * peak_rate], duration_s=args.duration)
+        floor_over = point(floor, LIGHT, "floor 2x", rates=[2 * peak_rate], duration_s=args.duration)
         refusal = refusal_cost(floor, kairos, args.cost_rate, args.duration)
+        restarts = kairos.restarts
     return {"sweep": sweep, "peak_goodput": best["goodput"], "peak_rate": peak_rate,
-            "overload": over, "floor_overload": floor_over,
+            "overload": over, "floor_overload": floor_over, "kairos_restarts": restarts,
             "ratio": round(over["goodput"] / best["goodput"], 4) if best["goodput"] else None,
             "refusal_cost": refusal}
 
@@ -100,8 +102,9 @@ def light_rates(text: str | None) -> list[float]:
 def refusal_cost(floor, kairos, rate: float, duration: float) -> dict[str, Any]:
     """Server CPU per request: answered (floor, Kairos) vs refused at admission (Kairos)."""
     answered_floor = measure(config(floor, LIGHT, rates=[rate], duration_s=duration), label="cost floor ok")
-    answered = measure(config(kairos, LIGHT, rates=[rate], duration_s=duration), label="cost kairos ok")
-    refused = measure(config(kairos, LIGHT, rates=[rate], duration_s=duration, deadline_ms=0,
+    answered = point(kairos, LIGHT, "cost kairos ok", rates=[rate], duration_s=duration)
+    # Refused on purpose (timeout 1 us): measured directly, a wedge check would misfire.
+    refused = measure(config(kairos.server, LIGHT, rates=[rate], duration_s=duration, deadline_ms=0,
                              parameters={"timeout": 1}), label="cost kairos refused")
 
     def cost(point: dict[str, Any]) -> float | None:

@@ -24,14 +24,12 @@ from typing import Any
 
 from issue7_common import (
     RESULTS,
-    config,
-    kairos_server,
-    measure,
+    KairosHandle,
+    measure_kairos,
     mlp256_file,
     models_folder,
     pin_generator,
     save,
-    wait_ready,
     write_model,
 )
 
@@ -72,19 +70,17 @@ def main() -> None:
         source = mlp256_file(models_folder())
         for name, scheduling in POLICIES.items():
             write_model(repo, name, source, f"max_batch_size: 64\nslo_ms: 10\n{scheduling}\n")
-        with kairos_server(repo) as kairos:
-            for name in POLICIES:
-                wait_ready(kairos, name)
+        with KairosHandle(repo, list(POLICIES)) as kairos:
             for rate in split_rates:  # light load: the slo model only (the split plot)
-                out["slo_low_load"].append(measure(
-                    config(kairos, "mlp256-slo", rates=[rate], duration_s=args.duration,
-                           metrics_url=kairos.metrics_url), label="slo low"))
+                out["slo_low_load"].append(measure_kairos(
+                    kairos, "mlp256-slo", label="slo low", rates=[rate], duration_s=args.duration))
             for rate in policy_rates:
                 for name in POLICIES:  # back to back at the same rate
-                    out["policies"][name].append(measure(
-                        config(kairos, name, rates=[rate], duration_s=args.duration,
-                               metrics_url=kairos.metrics_url), label=name))
+                    out["policies"][name].append(measure_kairos(
+                        kairos, name, label=name, rates=[rate], duration_s=args.duration))
                 save("issue7_policies", out)  # partial results survive an interruption
+            out["kairos_restarts"] = kairos.restarts
+            out["kairos_wedged_points"] = kairos.wedged_points
     out["slo_wins_everywhere"] = all(
         out["policies"]["mlp256-slo"][i]["goodput"] >= max(out["policies"][n][i]["goodput"] for n in POLICIES)
         for i in range(len(policy_rates))

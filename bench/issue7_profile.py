@@ -95,7 +95,7 @@ def main() -> None:
         repo = Path(tmp)
         write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
         with kairos_server(repo) as kairos:
-            wait_ready(kairos, MODEL)
+            wait_ready(kairos, MODEL)  # a fresh server: its L(b) has not been disturbed yet
             raw = RESULTS / "issue7_profile.raw"
             warmup = 2.0
             spy = subprocess.Popen(
