@@ -56,6 +56,8 @@ STATE_NAMES = ("queued", "running", "done", "cancelled", "expired", "failed")
 ONLINE, BATCH = 0, 1
 
 _INF = math.inf
+# How fast the online budget recovers after a tight request (per online request).
+BUDGET_RELAX = 0.002
 
 
 class Ticket:
@@ -179,11 +181,12 @@ class SchedulerCore:
         self.queued_rows = 0
         self.queued_online_rows = 0
         self.queued_requests = 0
+        self._rows_by_priority: tuple[dict[int, int], dict[int, int]] = ({}, {})
         self.free = self.executors
         self.running: list[Batch] = []
         self.expired: list[Ticket] = []  # drained by the owner after next_batch
         self.wakeup: float | None = None  # fixed policy: when to look again
-        self.online_budget = _INF  # tightest relative deadline of an online request seen
+        self.online_budget = _INF  # tightest recent relative deadline of online requests
         self.counts = CoreCounts()
         self._seq = 0
         self._op: tuple[int, int] = (self.cap, self.cap)
@@ -202,13 +205,12 @@ class SchedulerCore:
                 f"queue full: {self.queued_rows} rows queued, limit {self.max_queued_rows}"
             )
         deadline = request.deadline
-        if online and deadline - now < self.online_budget:
-            self.online_budget = deadline - now
+        if online:
+            self._track_budget(deadline - now)
         lane = self.lanes.get(request.shape_key)
         if self.predictive:
-            finish = self._admission_finish(
-                now, self.queued_online_rows if online else self.queued_rows, rows, deadline, lane
-            )
+            ahead = self._rows_ahead(ONLINE if online else BATCH, request.priority)
+            finish = self._admission_finish(now, ahead, rows, deadline, lane)
             if finish > deadline:
                 self.counts.refused_deadline += 1
                 raise Refused(
@@ -226,15 +228,43 @@ class SchedulerCore:
             lane = self._new_lane(request.shape_key)
         ticket.lane = lane
         heapq.heappush(lane.heap, ticket.entry)
-        lane.rows += rows
         lane.live += 1
-        if online:
-            lane.online_rows += rows
-            self.queued_online_rows += rows
-        self.queued_rows += rows
+        self._count(ticket, lane, rows)
         self.queued_requests += 1
         self.counts.admitted += 1
         return ticket
+
+    def _count(self, ticket: Ticket, lane: _Lane, rows: int) -> None:
+        """Queued-row bookkeeping: `rows` (+/-) of this ticket enter/leave the queue."""
+        lane.rows += rows
+        self.queued_rows += rows
+        if ticket.rank == ONLINE:
+            lane.online_rows += rows
+            self.queued_online_rows += rows
+        by_priority = self._rows_by_priority[ticket.rank]
+        priority = ticket.entry[1]
+        by_priority[priority] = by_priority.get(priority, 0) + rows
+
+    def _rows_ahead(self, rank: int, priority: int) -> int:
+        """Queued rows that a new request of this class and priority would wait for."""
+        online = self._rows_by_priority[ONLINE]
+        if len(online) == 1 and priority in online and rank == ONLINE:
+            return self.queued_online_rows  # the common case: one priority level
+        ahead = sum(rows for p, rows in online.items() if p <= priority) if rank == ONLINE else (
+            self.queued_online_rows
+        )
+        if rank == BATCH:
+            ahead += sum(rows for p, rows in self._rows_by_priority[BATCH].items() if p <= priority)
+        return ahead
+
+    def _track_budget(self, relative: float) -> None:
+        """Follow the tightest relative deadline of online requests: down at once,
+        back up slowly, so one odd request does not cap batch sizes for good."""
+        budget = self.online_budget
+        if relative < budget:
+            self.online_budget = relative
+        elif budget != _INF:
+            self.online_budget = budget + (relative - budget) * BUDGET_RELAX
 
     def _new_lane(self, key: Hashable) -> _Lane:
         if len(self.lanes) >= 64:  # forget idle lanes of shapes no longer sent
@@ -289,10 +319,10 @@ class SchedulerCore:
         return total
 
     def predicted_finish(
-        self, rows: int, now: float, online: bool = True, shape_key: Hashable = ()
+        self, rows: int, now: float, online: bool = True, shape_key: Hashable = (), priority: int = 0
     ) -> float:
         """When a new request of `rows` rows would finish if admitted now."""
-        ahead = self.queued_online_rows if online else self.queued_rows
+        ahead = self._rows_ahead(ONLINE if online else BATCH, priority)
         return self._admission_finish(now, ahead, rows, _INF, self.lanes.get(shape_key))
 
     # -- cancellation -----------------------------------------------------
@@ -311,14 +341,9 @@ class SchedulerCore:
     def _unqueue(self, ticket: Ticket) -> None:
         """Remove the untaken rows of a ticket from the counters (heap entry goes lazily)."""
         lane = ticket.lane
-        remaining = ticket.rows - ticket.taken
-        lane.rows -= remaining
         lane.live -= 1
-        self.queued_rows -= remaining
         self.queued_requests -= 1
-        if ticket.rank == ONLINE:
-            lane.online_rows -= remaining
-            self.queued_online_rows -= remaining
+        self._count(ticket, lane, ticket.taken - ticket.rows)
 
     def drain_queue(self) -> list[Ticket]:
         """Remove every queued request (shutdown without drain); returns them."""
@@ -440,11 +465,7 @@ class SchedulerCore:
         start = ticket.taken
         items.append((ticket, start, start + take))
         ticket.taken = start + take
-        lane.rows -= take
-        self.queued_rows -= take
-        if ticket.rank == ONLINE:
-            lane.online_rows -= take
-            self.queued_online_rows -= take
+        self._count(ticket, lane, -take)
         if ticket.taken >= ticket.rows:
             heapq.heappop(lane.heap)
             lane.live -= 1
@@ -538,11 +559,7 @@ class SchedulerCore:
             ticket.taken -= take
             if ticket.taken == 0:
                 ticket.state = QUEUED
-            lane.rows += take
-            self.queued_rows += take
-            if ticket.rank == ONLINE:
-                lane.online_rows += take
-                self.queued_online_rows += take
+            self._count(ticket, lane, take)
 
     def _drop_tight(self, lane: _Lane, now: float, rank: int, need: float) -> None:
         """Expire head requests with less than `need` seconds of slack."""
@@ -562,7 +579,8 @@ class SchedulerCore:
         highest-throughput size up to it. Cached until the table or budget changes."""
         table = self.latency.table_list
         budget = self.online_budget
-        if table is self._op_table and budget == self._op_budget:
+        cached = self._op_budget
+        if table is self._op_table and (budget == cached or abs(budget - cached) < 0.01 * cached):
             return self._op
         b_slo = max(1, bisect.bisect_right(table, budget / 2, 1, self.cap + 1) - 1)
         prefix = self.latency.prefix_best

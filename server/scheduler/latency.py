@@ -35,6 +35,8 @@ SLOWER = 1.05
 # A bucket with this many observations of its own predicts well enough that the
 # observed/predicted ratio of its runs can correct its neighbours too.
 GROUNDED = 3
+# Ordinary (not slow) runs are spread to neighbours one in this many.
+SPREAD_EVERY = 4
 # Smoothing of the observed/predicted ratio of runs that overlapped another run.
 CONCURRENCY_ALPHA = 0.05
 
@@ -126,7 +128,8 @@ class LatencyModel:
         self._counts[bucket] += 1
         self._since_rebuild += 1
         surprise = self._credit(bucket, seconds)
-        if grounded:
+        if grounded and (surprise or self.observations % SPREAD_EVERY == 0):
+            # every slow run, and an unbiased sample of the others (cheaper)
             self._spread(bucket, seconds / self.predict(bucket))
         if surprise or len(self._windows[bucket]) < WARM or self._since_rebuild >= REBUILD_EVERY:
             # a run slower than predicted rebuilds at once: tails are the promise

@@ -7,7 +7,9 @@
 2. The asyncio dispatcher at concurrency 1 with a runner that burns a fixed
    compute time in GIL-releasing numpy calls (as onnxruntime releases the GIL),
    in `inline` and `thread` execution, against calling the runner directly in
-   the coroutine. Overhead = p50 of submit-to-result minus p50 of the bare run.
+   the coroutine. Overhead = p50 of submit-to-result minus p50 of the direct call;
+   back to back (each request the moment the last one returned) and with an idle
+   gap between requests (as at c=1 over a network, where eager dispatch applies).
 """
 
 from __future__ import annotations
@@ -83,17 +85,21 @@ def bench_core(n: int) -> dict[str, float]:
     return {"core_alone_us": alone * 1e6, "core_batched_us": batched * 1e6}
 
 
-async def _c1(submit, n: int, x: np.ndarray, clock=time.monotonic) -> list[float]:
+async def _c1(submit, n: int, x: np.ndarray, gap_s: float = 0.0) -> list[float]:
+    """Concurrency 1; with gap_s, the loop idles that long between requests (as a
+    server waits for the client's next request), which enables eager dispatch."""
     samples = []
     for _ in range(n):
-        request = _request(clock(), x)
+        if gap_s:
+            await asyncio.sleep(gap_s)
+        request = _request(time.monotonic(), x)
         t0 = time.perf_counter()
         await submit(request)
         samples.append(time.perf_counter() - t0)
     return samples
 
 
-async def bench_dispatcher(compute_s: float, n: int) -> dict[str, float]:
+async def bench_dispatcher(compute_s: float, n: int, gap_s: float) -> dict[str, float]:
     runner = SpinRunner(compute_s)
     x = np.zeros((1, 256), np.float32)
     bare = []
@@ -106,31 +112,36 @@ async def bench_dispatcher(compute_s: float, n: int) -> dict[str, float]:
         return runner.run(request.inputs, request.outputs)
 
     out = {"compute_p50_us": statistics.median(bare) * 1e6}
-    out["direct_p50_us"] = statistics.median(await _c1(direct, n, x)) * 1e6
-    for mode in ("inline", "thread"):
+    for label, gap in (("back_to_back", 0.0), ("gap", gap_s)):
+        out[f"direct_{label}_p50_us"] = statistics.median(await _c1(direct, n, x, gap)) * 1e6
+    for mode in ("inline", "inline_no_eager", "thread"):
         dispatcher = make_dispatcher(
             model="m", version="1", runner=runner, max_batch_size=64, metrics=MetricsSink(),
-            settings=SchedulingSettings(execution=mode, profile_budget_s=0.5),
+            settings=SchedulingSettings(execution=mode.split("_")[0], profile_budget_s=0.5),
         )
+        if mode == "inline_no_eager":
+            dispatcher._eager_gap = lambda: float("inf")
         dispatcher.prepare()
         await dispatcher.start()
         await _c1(dispatcher.submit, 200, x)  # warm
-        samples = await _c1(dispatcher.submit, n, x)
+        for label, gap in (("back_to_back", 0.0), ("gap", gap_s)):
+            samples = await _c1(dispatcher.submit, n, x, gap)
+            key = f"{mode}_{label}"
+            out[f"{key}_p50_us"] = statistics.median(samples) * 1e6
+            out[f"{key}_p99_us"] = float(np.percentile(samples, 99)) * 1e6
+            out[f"{key}_overhead_us"] = out[f"{key}_p50_us"] - out[f"direct_{label}_p50_us"]
         await dispatcher.close()
-        out[f"{mode}_p50_us"] = statistics.median(samples) * 1e6
-        out[f"{mode}_p99_us"] = float(np.percentile(samples, 99)) * 1e6
-        out[f"{mode}_overhead_us"] = out[f"{mode}_p50_us"] - out["compute_p50_us"]
-    out["direct_overhead_us"] = out["direct_p50_us"] - out["compute_p50_us"]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compute-us", type=float, default=190.0)
-    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--gap-us", type=float, default=300.0, help="idle time between requests")
     args = parser.parse_args()
     result = bench_core(args.n * 10)
-    result.update(asyncio.run(bench_dispatcher(args.compute_us / 1e6, args.n)))
+    result.update(asyncio.run(bench_dispatcher(args.compute_us / 1e6, args.n, args.gap_us / 1e6)))
     print(json.dumps({k: round(v, 2) for k, v in result.items()}, indent=2))
 
 

@@ -285,3 +285,26 @@ def test_describe_reports_policy_table_queue_and_counts(clock, req):
 def test_unknown_policy_is_rejected():
     with pytest.raises(ValueError, match="policy"):
         make_core(policy="magic")
+
+
+def test_admission_counts_only_work_that_outranks_the_request(clock, req):
+    core = make_core(max_batch=4)
+    occupy(core, req, clock)
+    for _ in range(8):
+        core.admit(req(slo=1.0), clock.now())  # default priority 0
+    with pytest.raises(Refused):
+        core.admit(req(slo=0.003), clock.now())  # behind 8 rows: 1.1 + 2 x 1.4 ms
+    core.admit(req(slo=0.003, priority=-1), clock.now())  # jumps the queue: 1.1 + 1.1 ms
+    assert core.predicted_finish(1, clock.now(), priority=5) - clock.now() > 0.005
+    batch_ahead = core.predicted_finish(1, clock.now(), online=False) - clock.now()
+    assert batch_ahead > 0.005  # batch-class work waits for all online work
+
+
+def test_one_tight_deadline_does_not_cap_batches_for_good(clock, req):
+    core = make_core(max_batch=64)
+    core.admit(req(slo=0.002), clock.now())
+    assert core.online_budget == pytest.approx(0.002)
+    for _ in range(3000):
+        core.cancel(core.admit(req(slo=0.010), clock.now()))
+    assert core.online_budget == pytest.approx(0.010, rel=0.01)
+    assert core.describe()["slo_batch_size"] in (39, 40)  # L(40) = 5 ms = half the budget
