@@ -148,6 +148,10 @@ def decode_tensor(
                 f"input '{name}': {len(raw)} bytes of data, but shape {list(shape)} of {datatype} "
                 f"needs {expected}"
             )
+        if datatype == "BOOL" and count and np.frombuffer(raw, np.uint8).max() > 1:
+            # numpy and onnxruntime would carry e.g. byte 2 as a "bool" that is neither
+            # true nor false (Not(2) == 3): refuse it.
+            raise TensorError(f"input '{name}': BOOL raw data must hold bytes 0 or 1")
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     if contents is None:
         raise TensorError(f"input '{name}': no data (neither raw_input_contents nor contents)")

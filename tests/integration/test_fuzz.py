@@ -213,6 +213,15 @@ def non_utf8_bytes(rng):
     return codec.build_request("identity_bytes", {"input": items.reshape(2, 2)})
 
 
+def bool_not_0_or_1(rng):
+    """Raw BOOL bytes other than 0 and 1 (numpy would carry byte 2 as a third truth value)."""
+    request = codec.build_request("not_bool", {"input": np.zeros((2, 3), np.bool_)})
+    raw = bytearray(request.raw_input_contents[0])
+    raw[rng.randrange(len(raw))] = rng.randint(2, 255)
+    request.raw_input_contents[0] = bytes(raw)
+    return request
+
+
 def wrong_parameters(rng):
     request = _base(rng)
     name, value = rng.choice(
@@ -325,6 +334,7 @@ MALFORMED: dict[str, tuple[Callable, int, frozenset]] = {
     "raw_and_typed_mixed": (mixed_contents, 6, frozenset({INVALID})),
     "broken_bytes_prefix": (broken_bytes_prefix, 10, frozenset({INVALID})),
     "non_utf8_bytes": (non_utf8_bytes, 2, frozenset({INVALID})),
+    "bool_not_0_or_1": (bool_not_0_or_1, 2, frozenset({INVALID})),
     "wrong_typed_parameters": (wrong_parameters, 8, frozenset({INVALID})),
     "wrong_typed_contents": (wrong_typed_contents, 6, frozenset({INVALID})),
     "input_names": (input_names, 6, frozenset({INVALID})),
