@@ -58,6 +58,9 @@ ONLINE, BATCH = 0, 1
 _INF = math.inf
 # How fast the online budget recovers after a tight request (per online request).
 BUDGET_RELAX = 0.002
+# An idle server admits one request it predicts too slow per this many seconds,
+# to relearn L(1) (see SchedulerCore._probe).
+PROBE_INTERVAL_S = 0.05
 
 
 class Ticket:
@@ -78,6 +81,7 @@ class Ticket:
         "waiter",
         "parts",
         "admitted",
+        "probe",
     )
 
     def __init__(self, request: InferenceRequest, rows: int, rank: int, seq: int, now: float):
@@ -95,6 +99,7 @@ class Ticket:
         self.waiter: Any = None  # the dispatcher's future
         self.parts: list | None = None  # (start, outputs) of a split request
         self.admitted = now
+        self.probe = False  # admitted to relearn L(b): runs even if predicted late
 
     def __repr__(self) -> str:
         rid = self.request.request_id
@@ -143,6 +148,7 @@ class CoreCounts:
     cancelled: int = 0
     completed: int = 0
     failed: int = 0
+    probes: int = 0  # admitted although predicted late, to relearn L(b) when idle
     batches: int = 0
     rows: int = 0
     # dispatches by rows in the execution: the GEMV/GEMM split
@@ -182,6 +188,7 @@ class SchedulerCore:
         self.queued_online_rows = 0
         self.queued_requests = 0
         self._rows_by_priority: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        self._last_probe = -_INF
         self.free = self.executors
         self.running: list[Batch] = []
         self.expired: list[Ticket] = []  # drained by the owner after next_batch
@@ -208,10 +215,12 @@ class SchedulerCore:
         if online:
             self._track_budget(deadline - now)
         lane = self.lanes.get(request.shape_key)
+        probe = False
         if self.predictive:
             ahead = self._rows_ahead(ONLINE if online else BATCH, request.priority)
             finish = self._admission_finish(now, ahead, rows, deadline, lane)
-            if finish > deadline:
+            probe = finish > deadline and self._probe(now, deadline)
+            if finish > deadline and not probe:
                 self.counts.refused_deadline += 1
                 raise Refused(
                     f"cannot meet deadline: predicted finish in {(finish - now) * 1e3:.3f} ms, "
@@ -222,6 +231,7 @@ class SchedulerCore:
             raise DeadlineExceeded("deadline passed before the request was queued")
         self._seq += 1
         ticket = Ticket(request, rows, ONLINE if online else BATCH, self._seq, now)
+        ticket.probe = probe
         if rows > self.cap:
             ticket.splittable = True
         if lane is None:
@@ -233,6 +243,18 @@ class SchedulerCore:
         self.queued_requests += 1
         self.counts.admitted += 1
         return ticket
+
+    def _probe(self, now: float, deadline: float) -> bool:
+        """Admit a request that L(b) says is too late, now and then, when the server is
+        idle: otherwise a model whose L(1) rose above the deadlines (a slow spell)
+        would refuse everything, never run, and never learn that it is fast again."""
+        if self.running or self.queued_requests or now - self._last_probe < PROBE_INTERVAL_S:
+            return False
+        if deadline <= now:
+            return False
+        self._last_probe = now
+        self.counts.probes += 1
+        return True
 
     def _count(self, ticket: Ticket, lane: _Lane, rows: int) -> None:
         """Queued-row bookkeeping: `rows` (+/-) of this ticket enter/leave the queue."""
@@ -419,7 +441,8 @@ class SchedulerCore:
             state = ticket.state
             if state == QUEUED or (state == RUNNING and ticket.taken < ticket.rows):
                 remaining = ticket.rows - ticket.taken
-                need = table[remaining if remaining < cap else cap] if self.predictive else 0.0
+                predicted = self.predictive and not ticket.probe
+                need = table[remaining if remaining < cap else cap] if predicted else 0.0
                 if now + need <= entry[2]:
                     return entry
                 self._expire(ticket)
@@ -695,6 +718,7 @@ class SchedulerCore:
                 "cancelled": counts.cancelled,
                 "completed": counts.completed,
                 "failed": counts.failed,
+                "probes": counts.probes,
                 "batches": counts.batches,
                 "rows": counts.rows,
                 "batch1_dispatches": single,

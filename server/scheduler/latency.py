@@ -35,6 +35,10 @@ SLOWER = 1.05
 # A bucket with this many observations of its own predicts well enough that the
 # observed/predicted ratio of its runs can correct its neighbours too.
 GROUNDED = 3
+# Observations above OUTLIER x their bucket's median (known from MEDIAN_MIN runs
+# on) are clamped to it.
+OUTLIER = 4.0
+MEDIAN_MIN = 8
 # Ordinary (not slow) runs are spread to neighbours one in this many.
 SPREAD_EVERY = 4
 # Smoothing of the observed/predicted ratio of runs that overlapped another run.
@@ -63,6 +67,8 @@ class LatencyModel:
         self._windows: dict[int, deque[float]] = {b: deque(maxlen=window) for b in self.buckets}
         self._counts: dict[int, int] = dict.fromkeys(self.buckets, 0)
         self._bucket_q: dict[int, float] = {}
+        self._bucket_median: dict[int, float] = {}
+        self.clamped = 0  # observations clamped as outliers
         self._dirty: set[int] = set()
         self._since_rebuild = 0
         # _table[b] for b in 0..max_rows; _table[0] = 0.
@@ -125,6 +131,14 @@ class LatencyModel:
                 seconds *= target / predicted
             else:
                 seconds *= bucket / rows  # nothing learned yet: assume linear
+        median = self._bucket_median.get(bucket)
+        if median is not None and seconds > OUTLIER * median:
+            # A run many times its bucket's median is the process being preempted
+            # or a GC pause, not the model: keep it, clamped, so that a few of them
+            # cannot push L(1) over every deadline and wedge admission (a real
+            # slowdown still shows: the median follows within half a window).
+            seconds = OUTLIER * median
+            self.clamped += 1
         self._counts[bucket] += 1
         self._since_rebuild += 1
         surprise = self._credit(bucket, seconds)
@@ -174,6 +188,8 @@ class LatencyModel:
             if window:
                 index = min(len(window) - 1, max(0, math.ceil(q * len(window)) - 1))
                 self._bucket_q[bucket] = window[index]
+                if len(window) >= MEDIAN_MIN:
+                    self._bucket_median[bucket] = window[len(window) // 2]
         self._dirty.clear()
         self._since_rebuild = 0
         if not self._bucket_q:

@@ -308,3 +308,21 @@ def test_one_tight_deadline_does_not_cap_batches_for_good(clock, req):
         core.cancel(core.admit(req(slo=0.010), clock.now()))
     assert core.online_budget == pytest.approx(0.010, rel=0.01)
     assert core.describe()["slo_batch_size"] in (39, 40)  # L(40) = 5 ms = half the budget
+
+
+def test_idle_server_probes_now_and_then_when_l1_exceeds_the_deadline(clock, req):
+    """After a slow spell taught L(1) = 5 ms, 2 ms requests would all be refused and
+    the model would never run again; an idle server lets one through per interval."""
+    core = SchedulerCore(latency=linear_model(8, a=0.005, c=0.0), max_batch_size=8)
+    probe = core.admit(req(slo=0.002), clock.now())
+    assert probe.probe
+    with pytest.raises(Refused):
+        core.admit(req(slo=0.002), clock.now())  # not idle any more
+    batch = core.next_batch(clock.now())
+    assert batch.tickets == [probe]  # runs although predicted late
+    core.finish(batch, clock.now(), 0.0011)
+    with pytest.raises(Refused):
+        core.admit(req(slo=0.002), clock.now())  # idle, but within the probe interval
+    clock.advance(0.06)
+    assert core.admit(req(slo=0.002), clock.now()).probe
+    assert core.counts.probes == 2

@@ -114,3 +114,22 @@ def test_operator_table():
     assert [r["batch_size"] for r in rows] == [1, 2, 4]
     assert rows[1]["observations"] == 1
     assert rows[1]["predicted_s"] == pytest.approx(0.002)
+
+
+def test_preemption_outliers_are_clamped_so_they_cannot_wedge_admission():
+    model = LatencyModel(1)
+    for _ in range(20):
+        model.observe(1, 0.0002)
+    for _ in range(5):  # the process was descheduled for 50 ms, five times
+        model.observe(1, 0.050)
+    assert model.predict(1) == pytest.approx(0.0008)  # 4x the median at most
+    assert model.clamped == 5
+
+
+def test_a_real_slowdown_still_shows_through_the_clamp():
+    model = LatencyModel(1)
+    for _ in range(20):
+        model.observe(1, 0.001)
+    for _ in range(40):
+        model.observe(1, 0.010)
+    assert model.predict(1) == pytest.approx(0.010)
