@@ -260,8 +260,11 @@ def wait_quiet(min_idle: float = 0.85, timeout: float = 30.0) -> float:
     return round(time.monotonic() - start, 1)
 
 
-def measure(cfg: BenchConfig, *, repeats: int = 2, label: str = "") -> dict[str, Any]:
-    """One point, repeated (up to `repeats` more times) while others disturbed it."""
+def measure(cfg: BenchConfig, *, repeats: int | None = None, label: str = "") -> dict[str, Any]:
+    """One point, repeated (up to `repeats` more times, env KAIROS_BENCH_REPEATS, default 1)
+    while others disturbed it; the least disturbed attempt is kept."""
+    if repeats is None:
+        repeats = int(os.environ.get("KAIROS_BENCH_REPEATS", "1"))
     best: dict[str, Any] | None = None
     for attempt in range(repeats + 1):
         waited = wait_quiet()

@@ -17,6 +17,7 @@ collapsed stacks, for flamegraph.pl or speedscope).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -86,11 +87,15 @@ def attribute(raw: Path) -> tuple[Counter, Counter, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rate", type=float, default=1200.0, help="offered req/s (near Kairos's peak)")
+    parser.add_argument("--rate", type=float,
+                        help="offered req/s (default: Kairos's peak-goodput rate from issue7_floor.json)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
     pin_generator()
+    if args.rate is None:
+        floor = RESULTS / "issue7_floor.json"
+        args.rate = json.loads(floor.read_text())["kairos_peak_goodput_rate"] if floor.exists() else 1200.0
     with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
         repo = Path(tmp)
         write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
