@@ -709,6 +709,9 @@ class SchedulerCore:
             "slo_batch_size": self._operating_point()[0],
             "best_batch_size": self._operating_point()[1],
             "concurrency_factor": self.latency.concurrency_factor,
+            # tightest recent online deadline budget: caps batch-class pieces
+            "online_budget_ms": None if self.online_budget == _INF else self.online_budget * 1e3,
+            "outliers_clamped": self.latency.clamped,
             "queue": {"requests": self.queued_requests, "rows": self.queued_rows},
             "counts": {
                 "admitted": counts.admitted,

@@ -23,11 +23,14 @@ def make_dispatcher(
     """A dispatcher for one model version. Call `prepare()` (blocking: profiles L(b))
     in a loader thread, then `await start()`, and `await close()` on unload."""
     latency = LatencyModel(max_batch_size, quantile=settings.latency_quantile)
+    execution = getattr(settings, "execution", "auto")
+    # Inline runs occupy the event-loop thread: there is only ever one at a time.
+    executors = 1 if execution == "inline" else settings.executors
     core = SchedulerCore(
         latency=latency,
         max_batch_size=max_batch_size,
         policy=settings.policy,
-        executors=settings.executors,
+        executors=executors,
         max_queued_rows=settings.max_queued_rows,
         max_queue_delay_s=settings.max_queue_delay_ms / 1e3,
         preferred_batch_sizes=settings.preferred_batch_sizes,
@@ -42,7 +45,7 @@ def make_dispatcher(
         core=core,
         metrics=metrics,
         clock=clock,
-        execution=getattr(settings, "execution", "auto"),
+        execution=execution,
         inline_max_s=getattr(settings, "inline_max_ms", 2.0) / 1e3,
         profile=settings.profile,
         profile_budget_s=getattr(settings, "profile_budget_s", 2.0),
