@@ -68,8 +68,8 @@ def compare(baseline: Path, variant: Path, data: Dataset, repeats: int = 200,
         "latency_ms": {str(b): _latency_row(latency, b) for b in batch_sizes},
         "latency_setup": {"provider": runtime.PROVIDER, "intra_op_threads": threads,
                           "graph_optimization": "ORT_ENABLE_ALL", "repeats": repeats,
-                          "statistic": f"median; the two models alternate in blocks of {block} "
-                                       "consecutive runs (warm caches)"},
+                          "statistic": "median", "method": f"the two models alternate in turns of "
+                          f"{min(block, repeats)} consecutive runs (warm caches)"},
     }
 
 
@@ -130,7 +130,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               for b, r in report["latency_ms"].items()]
     setup = report["latency_setup"]
     lines += ["", f"Latency: {setup['provider']}, {setup['intra_op_threads']} intra-op thread(s), "
-              f"{setup['graph_optimization']}, {setup['statistic']} ({setup['repeats']} each)."]
+              f"{setup['graph_optimization']}; {setup['statistic']} of {setup['repeats']} runs per "
+              f"model; {setup.get('method', '')}."]
     lines += _students_table(report.get("students"))
     lines += [f"\n**Warning:** {w}" for w in report["warnings"]]
     lines += [f"\nNote: {n}" for n in report["notes"]]
