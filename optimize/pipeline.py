@@ -158,9 +158,10 @@ def prune_model(model: Path | str, settings: PruneSettings, measure: Measure,
         if train_data is not None and cfg.epochs > 0:
             if train_data.y is None:
                 raise DataError(f"fine-tuning needs labels: {train_data.source} has none")
-            pruned = prune_finetune(original, train_data.x, train_data.y, settings, cfg)
+            history: list[float] = []
+            pruned = prune_finetune(original, train_data.x, train_data.y, settings, cfg, history)
             tuning = {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
-                      "rows": len(train_data)}
+                      "rows": len(train_data), "sparsity_per_epoch": history}
         else:
             pruned, tuning = prune_oneshot(original, settings), None
         save_model(build_model(pruned), target.model_path)

@@ -186,10 +186,12 @@ def prune_oneshot(mlp: Mlp, settings: PruneSettings) -> Mlp:
     return pruned
 
 
-def prune_finetune(mlp: Mlp, x: np.ndarray, y: np.ndarray, settings: PruneSettings, cfg) -> Mlp:
+def prune_finetune(mlp: Mlp, x: np.ndarray, y: np.ndarray, settings: PruneSettings, cfg,
+                   history: list[float] | None = None) -> Mlp:
     """Prune on `settings.schedule` while fine-tuning on labelled (x, y) for cfg.epochs;
     masks are recomputed from the current weights at each epoch and re-applied after
-    every optimiser step, so pruned weights stay zero."""
+    every optimiser step, so pruned weights stay zero. `history` receives the fraction of
+    units (structured) or weights (unstructured) masked in each epoch."""
     from kairos.optimize import train
 
     settings.check()
@@ -203,6 +205,9 @@ def prune_finetune(mlp: Mlp, x: np.ndarray, y: np.ndarray, settings: PruneSettin
             state["masks"] = unit_masks(current, target)
         else:
             state["masks"] = weight_masks(current, target, settings.scope)
+        if history is not None:
+            masks = state["masks"]
+            history.append(float(sum((~m).sum() for m in masks) / sum(m.size for m in masks)))
         after_step()
 
     def after_step() -> None:

@@ -39,6 +39,10 @@ def test_structured_half_units_with_fine_tuning(repo: Path, measure, digits, tea
     assert _weight_shapes(out.model_path) == [(64, 256), (256, 256), (256, 10)]
     assert out.report["pruning"]["hidden_sizes_after"] == [256, 256]
     assert out.report["model"]["size_ratio"] < 0.35
+    # Cubic: units masked rise over the first two thirds of the epochs, then hold at 50%.
+    per_epoch = out.report["settings"]["fine_tuning"]["sparsity_per_epoch"]
+    assert len(per_epoch) == FINE_TUNE.epochs and per_epoch == sorted(per_epoch)
+    assert per_epoch[0] < 0.5 and per_epoch[-1] == 0.5 and per_epoch[3:] == [0.5] * 3
 
 
 def test_unstructured_keeps_shapes_and_reports_no_speedup(repo: Path, measure, digits) -> None:
