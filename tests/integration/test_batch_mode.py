@@ -140,6 +140,18 @@ def test_npy_to_parquet_and_npz_outputs(server, repo, tmp_path) -> None:
     assert np.array_equal(np.load(tmp_path / "y.npz")["output"], want)
 
 
+def test_kairos_command_line_runs_batch(server, repo, tmp_path) -> None:
+    """`kairos batch ...` (the main CLI's plugin) is the same command."""
+    from kairos.client.cli.main import main as kairos_main
+
+    x = features(300, 9)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    assert kairos_main(["batch", MLP, "-i", str(tmp_path / "x.npy"), "-o", str(out),
+                        "--url", server.address, "--no-progress"]) == 0
+    assert np.array_equal(np.load(out), reference(repo, MLP, {"input": x})["output"])
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments, text the error must contain)."""
     np.save(tmp / "f64.npy", features(10).astype(np.float64))
@@ -251,17 +263,20 @@ def test_checkpoint_without_resume_is_refused(server, tmp_path, capsys) -> None:
 
 
 @pytest.mark.xfail(reason="scheduler: one expired online request shrinks batch pieces to 1 row "
-                   "for the model's lifetime (SchedulerCore.online_budget is an all-time min)",
+                   "(SchedulerCore.online_budget drops to its deadline - now, even when refused)",
                    strict=False)
 def test_scheduler_one_late_online_request_does_not_collapse_batch_pieces() -> None:
-    """SchedulerCore.admit sets `online_budget = min(online_budget, deadline - now)` for every
-    online request, before refusing it, and never forgets. One request that arrives with its
-    deadline (nearly) spent, e.g. a client that queued it too long, makes the budget <= 0;
-    from then on `_greedy` cuts every batch-class piece to 1 row (`take = fit if fit > 0 else 1`),
-    so batch mode runs ~30x slower for the life of the model (seen end to end: slo_batch_size 1,
-    105k executions of 1 row during a 1M-row job). Expected: batch pieces sized from a robust
-    online budget (the model's SLO, or a recent quantile of admitted online slack), so a
-    straggler, let alone a refused one, does not shrink them."""
+    """SchedulerCore.admit tracks `online_budget` (which sizes batch-class pieces: L(piece)
+    <= budget / 2) from every online request's `deadline - now`, before refusing it: down at
+    once, back up by 0.2% of the gap per later online request. One request that arrives
+    with its deadline already spent (a client that queued it too long; refused anyway) sets
+    the budget <= 0, and until hundreds of online requests have pulled it back up, `_greedy`
+    cuts every batch-class piece to 1 row (`take = fit if fit > 0 else 1`). On a busy machine
+    such stragglers keep coming, so end to end batch mode ran at ~0.2x its alone throughput
+    (BENCHMARKS.md, issue 5: slo_batch_size 1 in every mixed run; before the relaxation it
+    was 1 for good). Expected: a request refused for its deadline does not lower the budget
+    at all, and the budget follows a robust statistic (the model's SLO, or a recent quantile
+    of admitted online slack), so batch pieces stay sized for real online traffic."""
     from kairos.server.errors import KairosError
     from kairos.server.scheduler.core import SchedulerCore
     from kairos.server.scheduler.latency import LatencyModel
