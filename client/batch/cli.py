@@ -80,6 +80,7 @@ class JobOptions:
     output_names: list[str] | None = None
     request_timeout_s: float = 600.0
     max_retries: int = 10
+    stall_timeout_s: float | None = None  # None: request timeout + 30 s
     checkpoint_interval_s: float = 1.0
     progress: bool | None = None  # None: only on a terminal
     client: dict[str, Any] = field(default_factory=dict)  # AsyncInferenceClient arguments
@@ -127,6 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="deadline of each request, sent as the `timeout` parameter")
     parser.add_argument("--max-retries", type=int, default=10,
                         help="consecutive failed attempts without progress before giving up")
+    parser.add_argument("--stall-timeout-s", type=float, default=None,
+                        help="re-open the stream when no answer comes for this long "
+                        "(default: request timeout + 30 s)")
     parser.add_argument("--checkpoint-interval-s", type=float, default=1.0,
                         help="how often the output is flushed and the checkpoint saved")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -160,6 +164,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         output_names=args.output_names,
         request_timeout_s=args.request_timeout_s,
         max_retries=args.max_retries,
+        stall_timeout_s=args.stall_timeout_s,
         checkpoint_interval_s=args.checkpoint_interval_s,
         progress=False if args.no_progress else None,
         client={"url": args.url, **client},
@@ -362,6 +367,7 @@ async def _stream(
         timeout_us=int(options.request_timeout_s * 1e6),
         retry=RetryPolicy(max_retries=options.max_retries),
         on_progress=progress.update,
+        stall_timeout_s=options.stall_timeout_s,
     )
     started = time.monotonic()
     finalizing = False

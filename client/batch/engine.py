@@ -9,7 +9,8 @@ buffer is `MAX_AHEAD` chunks ahead of the writer).
 
 Retries: a chunk refused with UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED is
 re-sent after exponential backoff with full jitter; a stream that breaks (server restart,
-connection lost) is re-opened and every unanswered chunk re-sent. `max_retries`
+connection lost) or goes silent for `stall_timeout_s` (a hung server) is re-opened and
+every unanswered chunk re-sent. `max_retries`
 consecutive failures without progress end the run.
 
 Window: RESOURCE_EXHAUSTED means the server's queue is full (Kairos bounds queued rows per
@@ -103,6 +104,7 @@ class StreamEngine:
         timeout_us: int = 600_000_000,
         retry: RetryPolicy | None = None,
         on_progress: Callable[[int], None] | None = None,
+        stall_timeout_s: float | None = None,
     ):
         self.client = client
         self.model = model
@@ -110,6 +112,9 @@ class StreamEngine:
         self.outputs = outputs
         self.in_flight = max(1, in_flight)
         self.parameters = {BATCH_CLASS_PARAMETER: "batch", "timeout": int(timeout_us)}
+        # The server answers (or expires) every request by its timeout; silence well past
+        # it means a hung server.
+        self.stall_timeout_s = stall_timeout_s or timeout_us / 1e6 + 30.0
         self.retry = retry or RetryPolicy()
         self.on_rows = on_rows
         self.on_progress = on_progress
@@ -260,7 +265,18 @@ class StreamEngine:
             parameters=self.parameters,
             max_in_flight=self.in_flight,
         )
-        async for result in responses:
+        iterator = responses.__aiter__()
+        while True:
+            try:
+                result = await asyncio.wait_for(iterator.__anext__(), self.stall_timeout_s)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                # a server that stopped answering (hung, not gone): drop the stream, re-send
+                await iterator.aclose()
+                raise InferenceServerError(
+                    "DEADLINE_EXCEEDED", f"no answer on the stream for {self.stall_timeout_s:g} s"
+                ) from None
             chunk = outstanding.popleft()
             if isinstance(result, InferenceServerError):
                 self._schedule_retry(chunk, result)

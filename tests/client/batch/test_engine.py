@@ -15,7 +15,8 @@ class ScriptedClient:
     """Answers x -> 2x. `refuse[(first_row, attempt)]` answers a stream error instead;
     `break_after` ends the n-th stream with UNAVAILABLE after that many answers."""
 
-    def __init__(self, refuse=None, break_after=None):
+    def __init__(self, refuse=None, break_after=None, hang_first_stream=False):
+        self.hang_first_stream = hang_first_stream
         self.refuse = dict(refuse or {})
         self.break_after = list(break_after or [])
         self.attempts: dict[int, int] = {}
@@ -29,6 +30,8 @@ class ScriptedClient:
         limit = self.break_after.pop(0) if self.break_after else None
         answered = 0
         async for item in inputs:
+            if self.hang_first_stream and self.streams == 1:
+                await asyncio.sleep(3600)  # a server that stopped answering
             if limit is not None and answered >= limit:
                 raise InferenceServerError("UNAVAILABLE", "connection reset")
             x = item["x"]
@@ -95,3 +98,10 @@ def test_gives_up_after_max_retries_without_progress() -> None:
     refuse = {(0, n): "UNAVAILABLE" for n in range(20)}
     with pytest.raises(BatchFailed, match="giving up"):
         _run(ScriptedClient(refuse=refuse), X)
+
+
+def test_silent_stream_is_dropped_and_chunks_resent() -> None:
+    client = ScriptedClient(hang_first_stream=True)
+    stats, written = _run(client, X, stall_timeout_s=0.2)
+    assert client.streams == 2 and stats.errors["DEADLINE_EXCEEDED"] == 1
+    np.testing.assert_array_equal(np.concatenate([y for _, y in written]), X * 2)
