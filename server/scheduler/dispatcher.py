@@ -233,7 +233,17 @@ class AsyncDispatcher:
         except Exception as exc:  # the model failed: its requests fail, the server lives
             self._failed(batch, exc)
             return
-        self._done(batch, outputs, compute)
+        self._finish(batch, outputs, compute)
+
+    def _finish(self, batch: Batch, outputs: dict, compute: float) -> None:
+        try:
+            self._done(batch, outputs, compute)
+        except Exception as exc:  # a bug of ours: never leave requests waiting forever
+            log.exception("%s/%s: completing a batch failed", self.model, self.version)
+            if batch in self.core.running:
+                self.core.fail(batch, self.clock.now())
+            for ticket, _, _ in batch.items:
+                self._reject(ticket, InternalError(f"scheduler error: {exc}"))
 
     def _run_thread(self, batch: Batch) -> None:
         self.thread_batches += 1
@@ -253,7 +263,7 @@ class AsyncDispatcher:
         loop.call_soon_threadsafe(self._after_thread, batch, outputs, compute)
 
     def _after_thread(self, batch: Batch, outputs: dict, compute: float) -> None:
-        self._done(batch, outputs, compute)
+        self._finish(batch, outputs, compute)
         self._pump()
 
     def _after_failure(self, batch: Batch, exc: Exception) -> None:
@@ -284,23 +294,11 @@ class AsyncDispatcher:
         return outputs, self.clock.now() - t0
 
     def _done(self, batch: Batch, outputs: dict[str, np.ndarray], compute: float) -> None:
-        items = batch.items
-        if len(items) == 1 and items[0][1] == 0 and items[0][2] == items[0][0].rows:
-            ticket = items[0][0]
-            ticket.parts = [(0, _select(outputs, ticket.request.outputs))]
-        else:
-            offset = 0
-            for ticket, start, stop in items:
-                rows = stop - start
-                part = {
-                    name: value[offset : offset + rows]
-                    for name, value in _select(outputs, ticket.request.outputs).items()
-                }
-                offset += rows
-                if ticket.parts is None:
-                    ticket.parts = [(start, part)]
-                else:
-                    ticket.parts.append((start, part))
+        try:
+            self._split(batch, outputs)
+        except Exception as exc:  # outputs that do not fit the batch: fail it, not the loop
+            self._failed(batch, exc)
+            return
         now = self.clock.now()
         self._last_activity = now  # a loop blocked by an inline run is not quiet
         complete = self.core.finish(batch, now, compute)
@@ -313,10 +311,36 @@ class AsyncDispatcher:
             self.model,
             self.version,
             batch.rows,
-            [batch.start - t.arrival for t, _, _ in items],
+            [batch.start - t.arrival for t, _, _ in batch.items],
             compute,
             batch.predicted if batch.predicted > 0 else None,  # 0: nothing learned yet
         )
+
+    @staticmethod
+    def _split(batch: Batch, outputs: dict[str, np.ndarray]) -> None:
+        """Each request's rows of the outputs, kept on its ticket (views, no copies)."""
+        items = batch.items
+        if len(items) == 1 and items[0][1] == 0 and items[0][2] == items[0][0].rows:
+            ticket = items[0][0]
+            ticket.parts = [(0, _select(outputs, ticket.request.outputs))]
+            return
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] != batch.rows:
+                raise InternalError(
+                    f"output {name!r} has shape {value.shape}, expected {batch.rows} rows"
+                )
+        offset = 0
+        for ticket, start, stop in items:
+            rows = stop - start
+            part = {
+                name: value[offset : offset + rows]
+                for name, value in _select(outputs, ticket.request.outputs).items()
+            }
+            offset += rows
+            if ticket.parts is None:
+                ticket.parts = [(start, part)]
+            else:
+                ticket.parts.append((start, part))
 
     def _failed(self, batch: Batch, exc: Exception) -> None:
         log.error("%s/%s: batch of %d rows failed: %s", self.model, self.version, batch.rows, exc)

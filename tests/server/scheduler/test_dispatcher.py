@@ -303,3 +303,21 @@ def test_metrics_see_every_batch(runner, clock, req):
     # no profile: the first batch had no prediction; the second one learned from it
     assert [b[:4] for b in recorder.batches] == [("m", "1", 1, 1), ("m", "1", 2, 2)]
     assert recorder.batches[0][4] is None and recorder.batches[1][4] > 0
+
+
+def test_outputs_that_do_not_match_the_batch_fail_it_cleanly(runner, clock, req):
+    original = runner.run
+    runner.run = lambda inputs, outputs: {"y": original(inputs, outputs)["y"][:1]}
+
+    async def main():
+        dispatcher = build(runner, clock)
+        first = await dispatcher.submit(req(0))  # alone: passed through as is
+        results = await asyncio.gather(
+            *(dispatcher.submit(req(i, slo=1.0)) for i in range(3)), return_exceptions=True
+        )
+        return first, results, dispatcher.describe()
+
+    first, results, info = asyncio.run(main())
+    assert first["y"].shape == (1, 4)
+    assert all(isinstance(r, InternalError) for r in results)
+    assert info["counts"]["failed"] == 3 and info["executors_busy"] == 0
