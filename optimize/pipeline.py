@@ -223,8 +223,12 @@ def report_model(variant: Path | str, baseline: Path | str, measure: Measure) ->
     folder = var.model_dir or var.path.parent
     previous = _previous_report(folder / "report.json")
     measured = rp.compare(base.path, var.path, measure.eval_data, measure.repeats, threads=measure.threads)
-    report = rp.make_report(var.name, previous.get("technique", "unknown"), previous.get("settings", {}),
-                            measured, previous.get("warnings"), previous.get("notes"),
+    technique = previous.get("technique", "unknown")
+    # Speed warnings quote measurements: replace the old ones with this run's.
+    warnings = [w for w in previous.get("warnings", []) if rp.SLOW_MARK not in w]
+    warnings.append(rp.slow_warning(measured, technique))
+    report = rp.make_report(var.name, technique, previous.get("settings", {}),
+                            measured, warnings, previous.get("notes"),
                             **{k: previous[k] for k in ("pruning", "students", "calibration_ranges")
                                if k in previous})
     json_path, md_path = rp.write_report(report, folder)

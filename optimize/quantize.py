@@ -149,8 +149,37 @@ def fp16(model: onnx.ModelProto, out: Path) -> list[str]:
 
     with _quiet_ort():
         converted = convert_float_to_float16(model, keep_io_types=True)
+    _sort_nodes(converted.graph)
+    onnx.checker.check_model(converted)
     save_model(converted, out)
     return [FP16_CPU_WARNING]
+
+
+def _sort_nodes(graph: onnx.GraphProto) -> None:
+    """Topological node order (Kahn): the fp16 converter appends its input Casts at the end,
+    which onnxruntime accepts but the ONNX checker (and so other tools) reject."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    producer = {out: i for i, n in enumerate(graph.node) for out in n.output}
+    waiting = [sum(1 for x in set(n.input) if x not in available and x in producer) for n in graph.node]
+    users: dict[int, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for x in set(n.input):
+            if x not in available and x in producer:
+                users.setdefault(producer[x], []).append(i)
+    queue = [i for i, w in enumerate(waiting) if w == 0]
+    order = []
+    while queue:
+        i = queue.pop(0)
+        order.append(i)
+        for j in users.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                queue.append(j)
+    if len(order) != len(graph.node):
+        raise OptimizeError("the fp16 graph has a cycle; cannot order its nodes")
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def range_summary(ranges: TensorsData) -> dict[str, list[float]]:

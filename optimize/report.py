@@ -14,6 +14,7 @@ from kairos.optimize.data import Dataset
 
 # A variant no faster than this (variant time / original time) gets a warning.
 NO_SPEEDUP_RATIO = 1.10
+SLOW_MARK = "measured no real speed-up"
 DYNAMIC_INT8_NOTE = (
     "Dynamic int8 picks the activation scale from the whole input tensor at run time, so a "
     "row's output depends on the other rows batched with it (see batch_dependence). A "
@@ -85,7 +86,7 @@ def slow_warning(measured: dict[str, Any], what: str) -> str | None:
         return None
     shown = "; ".join(f"batch {b}: {r['variant']:.3f} ms vs {r['baseline']:.3f} ms fp32 "
                       f"({r['speedup']:.2f}x)" for b, r in rows.items())
-    return f"{what} measured no real speed-up on {runtime.PROVIDER}: {shown}"
+    return f"{what} {SLOW_MARK} on {runtime.PROVIDER}: {shown}"
 
 
 def make_report(variant_name: str, technique: str, settings: dict[str, Any],

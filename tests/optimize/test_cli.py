@@ -29,6 +29,21 @@ def test_quantize_static_from_the_command_line(repo: Path, digits, capsys) -> No
     assert "| file size |" in out and str(repo / "mlp-int8" / "1" / "model.onnx") in out
 
 
+def test_report_replaces_stale_speed_warnings(repo: Path, digits, capsys) -> None:
+    code, _, err = _run(capsys, "quantize", str(repo / "mlp"), "--mode", "fp16", "--eval-data",
+                        str(digits.files["test"]), "--repeats", "3")
+    assert code == 0, err
+    path = repo / "mlp-fp16" / "report.json"
+    stale = json.loads(path.read_text())
+    stale["warnings"] = ["fp16 quantization measured no real speed-up on X: stale numbers", "keep me"]
+    path.write_text(json.dumps(stale))
+    code, _, err = _run(capsys, "report", str(repo / "mlp-fp16"), "--baseline", str(repo / "mlp"),
+                        "--eval-data", str(digits.files["test"]), "--repeats", "3")
+    assert code == 0, err
+    warnings = json.loads(path.read_text())["warnings"]
+    assert "keep me" in warnings and not any("stale numbers" in w for w in warnings)
+
+
 def test_prune_and_report_subcommands(repo: Path, digits, capsys) -> None:
     code, _, err = _run(capsys, "prune", str(repo / "mlp"), "--sparsity", "0.5", "--train-data",
                         str(digits.files["train"]), "--epochs", "2", "--eval-data",
