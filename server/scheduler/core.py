@@ -39,6 +39,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +57,11 @@ STATE_NAMES = ("queued", "running", "done", "cancelled", "expired", "failed")
 ONLINE, BATCH = 0, 1
 
 _INF = math.inf
-# How fast the online budget recovers after a tight request (per online request).
-BUDGET_RELAX = 0.002
+# The online budget is this quantile of the last BUDGET_WINDOW admitted online
+# requests' deadline budgets, recomputed every BUDGET_EVERY of them.
+BUDGET_WINDOW = 64
+BUDGET_QUANTILE = 0.1
+BUDGET_EVERY = 16
 # An idle server admits one request it predicts too slow per this many seconds,
 # to relearn L(1) (see SchedulerCore._probe).
 PROBE_INTERVAL_S = 0.05
@@ -189,6 +193,8 @@ class SchedulerCore:
         self.queued_requests = 0
         self._rows_by_priority: tuple[dict[int, int], dict[int, int]] = ({}, {})
         self._last_probe = -_INF
+        self._budgets: deque[float] = deque(maxlen=BUDGET_WINDOW)
+        self._budget_seen = 0
         self.free = self.executors
         self.running: list[Batch] = []
         self.expired: list[Ticket] = []  # drained by the owner after next_batch
@@ -206,14 +212,13 @@ class SchedulerCore:
         """Queue a request or raise `Refused` / `DeadlineExceeded` at once."""
         rows = request.rows if request.rows > 0 else 1
         online = request.klass != "batch"
-        if self.queued_rows + rows > self.max_queued_rows:
+        # Online requests are bounded by queued online rows only: queued batch-class
+        # work (bounded by all rows) must never make an online request "queue full".
+        queued = self.queued_online_rows if online else self.queued_rows
+        if queued + rows > self.max_queued_rows:
             self.counts.refused_queue_full += 1
-            raise Refused(
-                f"queue full: {self.queued_rows} rows queued, limit {self.max_queued_rows}"
-            )
+            raise Refused(f"queue full: {queued} rows queued, limit {self.max_queued_rows}")
         deadline = request.deadline
-        if online:
-            self._track_budget(deadline - now)
         lane = self.lanes.get(request.shape_key)
         probe = False
         if self.predictive:
@@ -229,6 +234,8 @@ class SchedulerCore:
         elif deadline <= now:
             self.counts.expired += 1
             raise DeadlineExceeded("deadline passed before the request was queued")
+        if online:
+            self._track_budget(deadline - request.arrival)
         self._seq += 1
         ticket = Ticket(request, rows, ONLINE if online else BATCH, self._seq, now)
         ticket.probe = probe
@@ -279,14 +286,20 @@ class SchedulerCore:
             ahead += sum(rows for p, rows in self._rows_by_priority[BATCH].items() if p <= priority)
         return ahead
 
-    def _track_budget(self, relative: float) -> None:
-        """Follow the tightest relative deadline of online requests: down at once,
-        back up slowly, so one odd request does not cap batch sizes for good."""
-        budget = self.online_budget
-        if relative < budget:
-            self.online_budget = relative
-        elif budget != _INF:
-            self.online_budget = budget + (relative - budget) * BUDGET_RELAX
+    def _track_budget(self, budget: float) -> None:
+        """Follow the deadline budget (deadline - arrival) of admitted online requests
+        with a low quantile of the recent ones: a tight class of traffic (a tenth of
+        requests or more) sizes batch-class pieces and the SLO batch size; one odd or
+        already late request does not (refused ones never get here)."""
+        if budget <= 0:
+            return
+        recent = self._budgets
+        recent.append(budget)
+        self._budget_seen += 1
+        if len(recent) < BUDGET_WINDOW // 4:
+            self.online_budget = min(recent)
+        elif self._budget_seen % BUDGET_EVERY == 0:
+            self.online_budget = sorted(recent)[int(len(recent) * BUDGET_QUANTILE)]
 
     def _new_lane(self, key: Hashable) -> _Lane:
         if len(self.lanes) >= 64:  # forget idle lanes of shapes no longer sent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import DeadlineExceeded, Refused
+from server.errors import DeadlineExceeded, KairosError, Refused
 from server.scheduler.core import CANCELLED, DONE, EXPIRED, SchedulerCore
 from server.scheduler.latency import LatencyModel
 
@@ -302,12 +302,35 @@ def test_admission_counts_only_work_that_outranks_the_request(clock, req):
 
 def test_one_tight_deadline_does_not_cap_batches_for_good(clock, req):
     core = make_core(max_batch=64)
-    core.admit(req(slo=0.002), clock.now())
+    core.admit(req(slo=0.010), clock.now())
+    core.admit(req(slo=0.002), clock.now())  # while the budget has few samples: min
     assert core.online_budget == pytest.approx(0.002)
-    for _ in range(3000):
+    for _ in range(64):
         core.cancel(core.admit(req(slo=0.010), clock.now()))
-    assert core.online_budget == pytest.approx(0.010, rel=0.01)
+    core.cancel(core.admit(req(slo=0.0025), clock.now()))  # one odd request: ignored
+    for _ in range(31):
+        core.cancel(core.admit(req(slo=0.010), clock.now()))
+    assert core.online_budget == pytest.approx(0.010)
     assert core.describe()["slo_batch_size"] in (39, 40)  # L(40) = 5 ms = half the budget
+
+
+def test_refused_or_late_online_requests_do_not_shrink_batch_pieces(clock, req):
+    core = make_core(max_batch=64)
+    core.admit(req(slo=0.050), clock.now())
+    core.finish(core.next_batch(clock.now()), clock.now(), 0.0011)
+    with pytest.raises(KairosError):  # arrived with its deadline already spent
+        core.admit(req(slo=-0.001), clock.now())
+    core.admit(req(rows=1000, slo=600.0, klass="batch"), clock.now())
+    assert core.next_batch(clock.now()).rows == 64  # L(64) = 7.4 ms < 50 ms / 2
+
+
+def test_queued_batch_rows_do_not_make_online_requests_queue_full(clock, req):
+    core = make_core(max_batch=64, max_queued_rows=4096)
+    for _ in range(4):
+        core.admit(req(rows=1024, slo=600.0, klass="batch"), clock.now())
+    core.admit(req(slo=0.050), clock.now())
+    with pytest.raises(Refused, match="queue full"):
+        core.admit(req(rows=1, slo=600.0, klass="batch"), clock.now())
 
 
 def test_idle_server_probes_now_and_then_when_l1_exceeds_the_deadline(clock, req):
