@@ -23,6 +23,8 @@ def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("--eval-labels", metavar="FILE", help="labels .npy for --eval-data")
     p.add_argument("--repeats", type=int, default=200, help="timed runs per batch size (default 200)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    p.add_argument("--provider", default="CPUExecutionProvider",
+                   help="onnxruntime execution provider to measure on (default CPUExecutionProvider)")
     if output:
         p.add_argument("--repository", metavar="DIR",
                        help="model repository to write into (default: the model's own)")
@@ -114,7 +116,10 @@ def _measure(args: argparse.Namespace):
 
     if args.repeats < 1:
         raise OptimizeError("--repeats must be >= 1")
-    return Measure(_dataset(args.eval_data, args.eval_labels), args.repeats, args.threads)
+    from kairos.optimize.runtime import check_provider
+
+    check_provider(args.provider)
+    return Measure(_dataset(args.eval_data, args.eval_labels), args.repeats, args.threads, args.provider)
 
 
 def _dest(args: argparse.Namespace):

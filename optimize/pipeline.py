@@ -43,6 +43,7 @@ class Measure:
     eval_data: Dataset
     repeats: int = 200
     threads: int = 1
+    provider: str = "CPUExecutionProvider"
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def _finish(source: Source, target: Target, technique: str, settings: dict, meas
             warnings: list[str], notes: list[str] | None = None, slow_what: str | None = None,
             **extra: Any) -> Output:
     measured = rp.compare(source.path, target.model_path, measure.eval_data, measure.repeats,
-                          threads=measure.threads)
+                          threads=measure.threads, provider=measure.provider)
     if slow_what:
         warnings = [*warnings, rp.slow_warning(measured, slow_what)]
     report = rp.make_report(target.model_dir.name, technique, settings, measured, warnings, notes, **extra)
@@ -106,7 +107,7 @@ def quantize_model(model: Path | str, mode: str, measure: Measure, dest: Destina
             extra["calibration_ranges"] = q.range_summary(ranges)
             warnings = [w for w in [_graph_level_warning(target)] if w]
         else:
-            warnings = q.fp16(proto, target.model_path)
+            warnings = q.fp16(proto, target.model_path, measure.provider)
         return _finish(source, target, f"quantize-{mode}", settings, measure, warnings, notes,
                        slow_what=f"{mode} quantization", **extra)
 
@@ -222,7 +223,8 @@ def report_model(variant: Path | str, baseline: Path | str, measure: Measure) ->
     check_fits(measure.eval_data, load_onnx(var.path), "evaluation data")
     folder = var.model_dir or var.path.parent
     previous = _previous_report(folder / "report.json")
-    measured = rp.compare(base.path, var.path, measure.eval_data, measure.repeats, threads=measure.threads)
+    measured = rp.compare(base.path, var.path, measure.eval_data, measure.repeats, threads=measure.threads,
+                          provider=measure.provider)
     technique = previous.get("technique", "unknown")
     # Speed warnings quote measurements: replace the old ones with this run's.
     warnings = [w for w in previous.get("warnings", []) if rp.SLOW_MARK not in w]

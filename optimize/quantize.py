@@ -143,7 +143,7 @@ def static_int8(model: onnx.ModelProto, out: Path, calibration: np.ndarray, meth
     return ranges
 
 
-def fp16(model: onnx.ModelProto, out: Path) -> list[str]:
+def fp16(model: onnx.ModelProto, out: Path, provider: str = "CPUExecutionProvider") -> list[str]:
     """fp16 weights and compute, keeping fp32 inputs and outputs for existing clients."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -152,7 +152,7 @@ def fp16(model: onnx.ModelProto, out: Path) -> list[str]:
     _sort_nodes(converted.graph)
     onnx.checker.check_model(converted)
     save_model(converted, out)
-    return [FP16_CPU_WARNING]
+    return [FP16_CPU_WARNING] if provider == "CPUExecutionProvider" else []
 
 
 def _sort_nodes(graph: onnx.GraphProto) -> None:

@@ -48,14 +48,16 @@ def accuracy_block(base_acc: float | None, var_acc: float | None) -> dict[str, f
 
 
 def compare(baseline: Path, variant: Path, data: Dataset, repeats: int = 200,
-            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, block: int = 20) -> dict[str, Any]:
+            batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, block: int = 20,
+            provider: str = runtime.PROVIDER) -> dict[str, Any]:
     """All report measurements for `variant` against `baseline` on `data`."""
-    base_s, var_s = runtime.make_session(baseline, threads), runtime.make_session(variant, threads)
+    base_s = runtime.make_session(baseline, threads, provider)
+    var_s = runtime.make_session(variant, threads, provider)
     base_out, var_out = runtime.run(base_s, data.x), runtime.run(var_s, data.x)
     metrics = output_metrics(base_out, var_out, data.y)
     base_acc = output_metrics(base_out, base_out, data.y).get("accuracy")
     latency = runtime.measure_latency({"baseline": baseline, "variant": variant}, data.x,
-                                      batch_sizes, repeats, max(5, repeats // 10), threads, block)
+                                      batch_sizes, repeats, max(5, repeats // 10), threads, block, provider)
     size_b, size_v = baseline.stat().st_size, variant.stat().st_size
     return {
         "baseline": {"path": str(baseline), "size_bytes": size_b},
@@ -67,7 +69,7 @@ def compare(baseline: Path, variant: Path, data: Dataset, repeats: int = 200,
         "batch_dependence": {"baseline": batch_dependence(base_s, data.x),
                              "variant": batch_dependence(var_s, data.x)},
         "latency_ms": {str(b): _latency_row(latency, b) for b in batch_sizes},
-        "latency_setup": {"provider": runtime.PROVIDER, "intra_op_threads": threads,
+        "latency_setup": {"provider": provider, "intra_op_threads": threads,
                           "graph_optimization": "ORT_ENABLE_ALL", "repeats": repeats,
                           "statistic": "median", "method": f"the two models alternate in turns of "
                           f"{min(block, repeats)} consecutive runs (warm caches)"},
@@ -86,7 +88,7 @@ def slow_warning(measured: dict[str, Any], what: str) -> str | None:
         return None
     shown = "; ".join(f"batch {b}: {r['variant']:.3f} ms vs {r['baseline']:.3f} ms fp32 "
                       f"({r['speedup']:.2f}x)" for b, r in rows.items())
-    return f"{what} {SLOW_MARK} on {runtime.PROVIDER}: {shown}"
+    return f"{what} {SLOW_MARK} on {measured['latency_setup']['provider']}: {shown}"
 
 
 def make_report(variant_name: str, technique: str, settings: dict[str, Any],

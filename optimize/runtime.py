@@ -13,6 +13,13 @@ from kairos.optimize.errors import OptimizeError
 PROVIDER = "CPUExecutionProvider"
 
 
+def check_provider(provider: str) -> None:
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise OptimizeError(f"execution provider {provider} is not available in this onnxruntime "
+                            f"(available: {', '.join(available)})")
+
+
 def make_session(path: Path | str, threads: int = 1, provider: str = PROVIDER) -> ort.InferenceSession:
     """A session like the server's default: full graph optimisation (static QDQ needs it to
     fuse into integer kernels), `threads` intra-op threads, no spinning."""
@@ -22,6 +29,7 @@ def make_session(path: Path | str, threads: int = 1, provider: str = PROVIDER) -
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    check_provider(provider)
     try:
         return ort.InferenceSession(str(path), options, providers=[provider])
     except Exception as exc:  # onnxruntime raises its own exception types per failure
@@ -46,7 +54,7 @@ def rows_for_batch(x: np.ndarray, batch: int) -> np.ndarray:
 
 def measure_latency(paths: dict[str, Path], x: np.ndarray, batch_sizes: tuple[int, ...] = (1, 64),
                     repeats: int = 200, warmup: int = 20, threads: int = 1,
-                    block: int = 20) -> dict[str, dict[int, float]]:
+                    block: int = 20, provider: str = PROVIDER) -> dict[str, dict[int, float]]:
     """Median milliseconds per run for each model and batch size.
 
     Models take turns (order rotating) in blocks of `block` consecutive timed runs, each
@@ -54,7 +62,7 @@ def measure_latency(paths: dict[str, Path], x: np.ndarray, batch_sizes: tuple[in
     block > 1 measures warm caches, as a server running one model steadily sees; block=1
     interleaves single runs, so every run first refetches weights the others evicted.
     """
-    sessions = {key: make_session(path, threads) for key, path in paths.items()}
+    sessions = {key: make_session(path, threads, provider) for key, path in paths.items()}
     result: dict[str, dict[int, float]] = {key: {} for key in sessions}
     for batch in batch_sizes:
         feed = rows_for_batch(x, batch)

@@ -58,7 +58,7 @@ def test_prune_and_report_subcommands(repo: Path, digits, capsys) -> None:
 
 
 @pytest.mark.parametrize("problem", ["missing_model", "garbage_model", "shape_mismatch", "bad_hidden",
-                                     "unsupported_op"])
+                                     "unsupported_op", "no_such_provider"])
 def test_bad_input_is_one_clear_line(problem: str, repo: Path, digits, tmp_path: Path, capsys,
                                      teacher) -> None:
     model, data = str(repo / "mlp"), str(digits.files["test"])
@@ -73,6 +73,9 @@ def test_bad_input_is_one_clear_line(problem: str, repo: Path, digits, tmp_path:
     elif problem == "shape_mismatch":
         np.save(tmp_path / "wide.npy", np.zeros((3, 65), np.float32))
         args[-1], expected = str(tmp_path / "wide.npy"), "rows have shape [65]"
+    elif problem == "no_such_provider":
+        args += ["--provider", "NoSuchExecutionProvider"]
+        expected = "execution provider NoSuchExecutionProvider is not available"
     elif problem == "bad_hidden":
         args = ["distill", model, "--hidden", "32,x", "--train-data", str(digits.files["train"]),
                 "--eval-data", data]
