@@ -13,25 +13,33 @@ Policies, evaluated whenever an executor is free:
 - `slo`: take requests in queue order while the batch, predicted by L(b), still
   finishes before every included deadline. An idle server runs a lone request
   at once (GEMV); while an execution runs the queue grows, so the next batch is
-  larger (GEMM). With several free executors, L(b) decides whether to cut the
-  queue into concurrent smaller batches.
+  larger (GEMM). Under overload a nearly-late head would cut every batch short
+  and spiral into small, slow batches; when the request behind it would miss
+  its next batch too, the tight heads expire instead and the batch takes the
+  size the load needs (`b_slo`: the largest b with L(b) <= half the online
+  deadline budget: wait one batch, run in the next). With several free
+  executors, L(b) decides whether to cut the queue into concurrent smaller
+  batches (and learns what running side by side costs).
 - `fixed`: as Triton's dynamic batcher: dispatch as soon as the largest
   preferred batch size (or the max batch size) is queued, otherwise when the
   oldest request has waited `max_queue_delay`.
 - `none`: one request per execution.
 
 Admission ("early refusal", on by default for `slo`): a request whose predicted
-finish (wait for an executor + serving the queued rows ahead and its own)
-is after its deadline is refused at once, as is one that would overflow
-`max_queued_rows`. A queued request that can no longer finish in time (under
+finish (wait for an executor + serving the queued rows that outrank it and its
+own, in batches of the operating size) is after its deadline is refused at once,
+as is one that would overflow `max_queued_rows` (online requests count queued
+online rows only). A queued request that can no longer finish in time (under
 `slo`: now + L(its rows) > deadline; otherwise: deadline passed) expires
-without running.
+without running. An idle server still admits one predicted-late request per
+PROBE_INTERVAL_S, so a model whose L(1) rose above every deadline relearns it.
 
 Batch-class requests run only when no online request is queued, and in pieces
 small enough that an online request arriving meanwhile still makes its deadline:
-a piece's L(b) is kept under half the tightest online budget seen. Requests
-larger than one piece (or than max_batch_size) are split; the dispatcher
-reassembles the parts in order.
+a piece's L(b) is kept under half the online budget (a low quantile of recent
+admitted online requests' deadline - arrival). Requests larger than one piece
+(or than max_batch_size) are split; the dispatcher reassembles the parts in
+order.
 """
 
 from __future__ import annotations
@@ -65,6 +73,11 @@ BUDGET_EVERY = 16
 # An idle server admits one request it predicts too slow per this many seconds,
 # to relearn L(1) (see SchedulerCore._probe).
 PROBE_INTERVAL_S = 0.05
+# Executions start beside running ones only while overlapping runs slow down by
+# less than this fraction of their number (else one at a time; see _side_by_side),
+# trying anyway once per SIDE_BY_SIDE_PROBE executions to keep learning.
+CONCURRENCY_PAYS = 0.7
+SIDE_BY_SIDE_PROBE = 256
 
 
 class Ticket:
@@ -113,7 +126,9 @@ class Ticket:
 class Batch:
     """One execution: slices (ticket, start row, stop row) of queued requests."""
 
-    __slots__ = ("key", "items", "rows", "predicted", "start", "online", "concurrent")
+    __slots__ = (
+        "key", "items", "rows", "predicted", "start", "online", "concurrent", "deadline", "overlap"
+    )
 
     def __init__(self, key: Hashable, items: list, rows: int, predicted: float, start: float):
         self.key = key
@@ -123,6 +138,8 @@ class Batch:
         self.start = start
         self.online = True
         self.concurrent = False
+        self.deadline = _INF  # earliest deadline in it (set when several executors run)
+        self.overlap = 0.0  # seconds during which another execution ran too
 
     @property
     def tickets(self) -> list[Ticket]:
@@ -193,13 +210,15 @@ class SchedulerCore:
         self.queued_requests = 0
         self._rows_by_priority: tuple[dict[int, int], dict[int, int]] = ({}, {})
         self._last_probe = -_INF
+        self._side_by_side_probe = 0  # counts.batches at the last try
+        self._overlap_mark = 0.0  # time of the last start/finish (executors > 1)
         self._budgets: deque[float] = deque(maxlen=BUDGET_WINDOW)
         self._budget_seen = 0
         self.free = self.executors
         self.running: list[Batch] = []
         self.expired: list[Ticket] = []  # drained by the owner after next_batch
         self.wakeup: float | None = None  # fixed policy: when to look again
-        self.online_budget = _INF  # tightest recent relative deadline of online requests
+        self.online_budget = _INF  # low quantile of recent online deadline budgets
         self.counts = CoreCounts()
         self._seq = 0
         self._op: tuple[int, int] = (self.cap, self.cap)
@@ -309,7 +328,7 @@ class SchedulerCore:
         return lane
 
     def _executor_wait(self, now: float) -> float:
-        if self.free > 0:
+        if not self.running or (self.free > 0 and self._parallel()):
             return 0.0
         soonest = min(b.start + b.predicted for b in self.running)
         return soonest - now if soonest > now else 0.0
@@ -325,7 +344,7 @@ class SchedulerCore:
         """
         wait = self._executor_wait(now)
         n = ahead + rows
-        if not self.batching or self.executors > 1:
+        if not self.batching or self._parallel():
             return now + wait + self._serve_time(n)
         table = self.latency.table_list
         start = now + wait
@@ -348,7 +367,7 @@ class SchedulerCore:
             total = latency.drain_time(rows, self._operating_point()[1])
         else:
             total = rows * latency.predict(1)
-        if self.executors > 1 and rows > 1:
+        if self._parallel() and rows > 1:
             single = latency.predict(min(rows, self.cap))
             total = max(single, total * latency.concurrency_factor / self.executors)
         return total
@@ -403,6 +422,8 @@ class SchedulerCore:
         self.wakeup = None
         if self.free <= 0 or self.queued_requests <= 0:
             return None
+        if self.running and not self._side_by_side(now):
+            return None
         lane = self._pick_lane(now)
         if lane is None:
             return None
@@ -416,9 +437,38 @@ class SchedulerCore:
             return None
         return self._start(lane, items, rows, now)
 
+    def _side_by_side(self, now: float) -> bool:
+        """Whether to start an execution beside the running ones: only when runs side
+        by side have been faster in total (the learned slowdown of overlapping runs is
+        well below the number of them), plus one try per SIDE_BY_SIDE_PROBE runs to keep
+        learning (cores may free up); and never when slowing the running ones down
+        would make them late."""
+        factor = self.latency.concurrency_factor
+        if factor > 1.0:
+            for batch in self.running:
+                left = batch.start + batch.predicted - now
+                if left > 0 and now + left * factor > batch.deadline:
+                    return False
+        if factor < CONCURRENCY_PAYS * (len(self.running) + 1):
+            return True
+        if self.counts.batches - self._side_by_side_probe < SIDE_BY_SIDE_PROBE:
+            return False
+        self._side_by_side_probe = self.counts.batches
+        return True
+
+    def _parallel(self) -> bool:
+        """Several executors that really add throughput (see `_side_by_side`)."""
+        return self.executors > 1 and self.latency.concurrency_factor < CONCURRENCY_PAYS * 2
+
     def _start(self, lane: _Lane, items: list, rows: int, now: float) -> Batch:
-        batch = Batch(lane.key, items, rows, self.latency.predict(rows), now)
+        predicted = self.latency.predict(rows)
+        if self.running:
+            predicted *= max(1.0, self.latency.concurrency_factor)
+        batch = Batch(lane.key, items, rows, predicted, now)
         batch.online = items[0][0].rank == ONLINE
+        if self.executors > 1:
+            batch.deadline = min(item[0].deadline for item in items)
+            self._advance_overlap(now)
         if self.running:
             batch.concurrent = True
             for other in self.running:
@@ -545,6 +595,12 @@ class SchedulerCore:
             if self.queued_online_rows > 0:
                 return [], 0, False
             budget = self.online_budget / 2
+        # Beside a running execution this one runs slower (learned): deadlines are
+        # checked against L(b) x that factor, and rather than start a run that
+        # would be late, wait for the running one to finish.
+        factor = self.latency.concurrency_factor
+        scale = factor if self.running and factor > 1.0 else 1.0
+        budget /= scale
         items: list = []
         rows = 0
         while heap and rows < cap:
@@ -562,17 +618,21 @@ class SchedulerCore:
                 self._expire(ticket)
                 heapq.heappop(heap)
                 continue
+            slack /= scale
             limit = slack if slack < budget else budget
             take = min(remaining, cap - rows)
             if take < remaining and not ticket.splittable:
                 break
             if table[rows + take] > limit:
-                if ticket.splittable:
-                    fit = self._fit(table, rows, take, limit)
+                if items:
+                    if not ticket.splittable:
+                        return items, rows, True
+                    take = self._fit(table, rows, take, limit)
+                elif scale > 1.0:
+                    return [], 0, False  # not beside the running execution: wait for it
+                elif ticket.splittable:
                     # a lone piece runs even when over budget: work must progress
-                    take = fit if fit > 0 or items else 1
-                elif items:
-                    return items, rows, True
+                    take = max(1, self._fit(table, rows, take, limit))
                 # else: a lone request that cannot fit runs anyway (admission is off)
                 if take <= 0:
                     return items, rows, True
@@ -643,7 +703,7 @@ class SchedulerCore:
         says concurrent smaller runs on the free executors finish sooner."""
         cap = self.cap
         free = self.free
-        if free < 2:
+        if free < 2 or not self._parallel():
             return cap
         queued = min(lane.rows, cap * free)
         latency = self.latency
@@ -675,8 +735,10 @@ class SchedulerCore:
     def finish(self, batch: Batch, now: float, compute_s: float) -> list[Ticket]:
         """An execution finished: free its executor, learn from it, and return
         the tickets now complete (every row done, not cancelled)."""
-        self._release(batch)
-        self.latency.observe(batch.rows, compute_s, concurrent=batch.concurrent)
+        self._release(batch, now)
+        elapsed = now - batch.start
+        overlap = batch.overlap / elapsed if batch.overlap > 0 and elapsed > 0 else 0.0
+        self.latency.observe(batch.rows, compute_s, overlap=overlap)
         complete = []
         for ticket, start, stop in batch.items:
             ticket.done += stop - start
@@ -688,7 +750,7 @@ class SchedulerCore:
 
     def fail(self, batch: Batch, now: float) -> list[Ticket]:
         """An execution raised: its requests fail (queued parts of them too)."""
-        self._release(batch)
+        self._release(batch, now)
         failed = []
         for ticket, _start, _stop in batch.items:
             if ticket.state in (QUEUED, RUNNING):
@@ -699,9 +761,20 @@ class SchedulerCore:
                 failed.append(ticket)
         return failed
 
-    def _release(self, batch: Batch) -> None:
+    def _release(self, batch: Batch, now: float) -> None:
+        if self.executors > 1:
+            self._advance_overlap(now)
         self.running.remove(batch)
         self.free += 1
+
+    def _advance_overlap(self, now: float) -> None:
+        """Credit the time since the last start/finish to every running execution
+        as overlap, if more than one was running."""
+        if len(self.running) > 1:
+            elapsed = now - self._overlap_mark
+            for batch in self.running:
+                batch.overlap += elapsed
+        self._overlap_mark = now
 
     # -- state ------------------------------------------------------------
 

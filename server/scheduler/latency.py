@@ -41,8 +41,10 @@ OUTLIER = 4.0
 MEDIAN_MIN = 8
 # Ordinary (not slow) runs are spread to neighbours one in this many.
 SPREAD_EVERY = 4
-# Smoothing of the observed/predicted ratio of runs that overlapped another run.
-CONCURRENCY_ALPHA = 0.05
+# Smoothing of the slowdown of runs beside another, and the least overlap worth
+# learning from.
+CONCURRENCY_ALPHA = 0.1
+MIN_OVERLAP = 0.25
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -108,20 +110,23 @@ class LatencyModel:
 
     # -- learning ---------------------------------------------------------
 
-    def observe(self, rows: int, seconds: float, concurrent: bool = False) -> None:
+    def observe(self, rows: int, seconds: float, overlap: float = 0.0) -> None:
         """Record one execution of `rows` rows that took `seconds`.
 
-        A run that overlapped another execution only updates the concurrency
-        factor: its time says how much sharing the machine costs, not L(b).
+        `overlap`: the fraction of the run during which another execution ran too.
+        Such a run only teaches the concurrency factor (how much slower a run is
+        while another runs beside it: ~1 on free cores, ~2 when two share one),
+        scaled up from its overlap; it says nothing about L(b) alone.
         """
         if rows <= 0 or seconds < 0 or not math.isfinite(seconds):
             return
         self.observations += 1
         predicted = self.predict(rows)
-        if concurrent:
-            if predicted > 0:
-                ratio = seconds / predicted
-                self.concurrency_factor += CONCURRENCY_ALPHA * (ratio - self.concurrency_factor)
+        if overlap > 0:
+            if overlap >= MIN_OVERLAP and predicted > 0:
+                slowdown = 1.0 + (seconds / predicted - 1.0) / min(1.0, overlap)
+                slowdown = min(max(slowdown, 0.5), 8.0)
+                self.concurrency_factor += CONCURRENCY_ALPHA * (slowdown - self.concurrency_factor)
             return
         bucket = self._nearest_bucket(rows)
         grounded = predicted > 0 and self._counts[bucket] >= GROUNDED

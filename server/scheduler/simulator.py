@@ -202,8 +202,9 @@ def simulate(
     """Run the trace through a fresh core; see module docstring.
 
     noise: sigma of a lognormal factor on every execution time (seeded).
-    concurrency_slowdown: executions overlapping another take this much longer
-    (executors sharing cores).
+    concurrency_slowdown: while executions overlap, each runs this much slower
+    (executors sharing cores): a run started beside others is slowed, and so is
+    the rest of each run it joins.
     """
     rng = np.random.default_rng(seed)
     service = service or DEFAULT_SERVICE
@@ -228,17 +229,22 @@ def simulate(
         preferred_batch_sizes=preferred_batch_sizes,
         early_refusal=early_refusal,
     )
-    sim = _Simulation(trace, core, actual)
+    sim = _Simulation(trace, core, actual, concurrency_slowdown)
     sim.run()
     end = duration if duration is not None else (trace[-1].t if trace else 0.0)
     return SimResult(sim.outcomes, sim.records, max(end, 1e-9), core)
 
 
 class _Simulation:
-    def __init__(self, trace: Sequence[SimRequest], core: SchedulerCore, actual: Callable):
+    def __init__(
+        self, trace: Sequence[SimRequest], core: SchedulerCore, actual: Callable, slowdown: float
+    ):
         self.trace = trace
         self.core = core
         self.actual = actual
+        self.slowdown = slowdown
+        self.running: dict[int, list] = {}  # id(batch) -> [end, version, slowed]
+        self.batches: dict[int, Batch] = {}
         self.events: list[tuple] = []
         self.seq = 0
         self.outcomes: list[Outcome] = []
@@ -313,14 +319,35 @@ class _Simulation:
             core.expired.clear()
             if batch is None:
                 break
-            took = self.actual(batch.rows, batch.concurrent)
-            self.push(now + took, _DONE, (batch, took))
+            if batch.concurrent:
+                self.slow_down_running(now)
+            end = now + self.actual(batch.rows, batch.concurrent)
+            self.running[id(batch)] = [end, 0, batch.concurrent]
+            self.batches[id(batch)] = batch
+            self.push(end, _DONE, (batch, 0))
         if core.wakeup is not None and self.wake_at != core.wakeup:
             self.wake_at = core.wakeup
             self.push(core.wakeup, _WAKE, None)
 
-    def complete(self, payload: tuple[Batch, float], now: float) -> None:
-        batch, took = payload
+    def slow_down_running(self, now: float) -> None:
+        """A run starting beside others slows them too (once): push their ends back."""
+        for batch_id, state in self.running.items():
+            end, version, slowed = state
+            if slowed:
+                continue
+            state[0] = now + (end - now) * self.slowdown
+            state[1] = version + 1
+            state[2] = True
+            self.push(state[0], _DONE, (self.batches[batch_id], state[1]))
+
+    def complete(self, payload: tuple[Batch, int], now: float) -> None:
+        batch, version = payload
+        state = self.running.get(id(batch))
+        if state is None or state[1] != version:
+            return  # superseded: the run was slowed down by a later one
+        del self.running[id(batch)]
+        del self.batches[id(batch)]
+        took = now - batch.start
         self.records.append(
             BatchRecord(
                 batch.start,

@@ -266,7 +266,7 @@ def test_two_free_executors_split_when_the_model_says_it_pays(clock, req):
     # a GEMV-bound model is better off with one batch of 8.
     core = SchedulerCore(latency=linear_model(8, a=0.002, c=0.00001), max_batch_size=8, executors=2)
     for _ in range(100):
-        core.latency.observe(4, 0.0019 * 2.04, concurrent=True)
+        core.latency.observe(4, 0.0019 * 2.04, overlap=1.0)
     for _ in range(8):
         core.admit(req(slo=1.0), clock.now())
     assert core.next_batch(clock.now()).rows == 8

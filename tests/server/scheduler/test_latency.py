@@ -102,8 +102,11 @@ def test_concurrent_runs_only_teach_the_concurrency_factor():
             model.observe(b, 0.001)
     before = model.predict(4)
     for _ in range(200):
-        model.observe(4, 0.002, concurrent=True)
+        model.observe(4, 0.002, overlap=1.0)
     assert model.predict(4) == before
+    assert model.concurrency_factor == pytest.approx(2.0, rel=0.01)
+    for _ in range(200):  # half overlapped, 1.5x as long: the full-overlap slowdown is 2x
+        model.observe(4, 0.0015, overlap=0.5)
     assert model.concurrency_factor == pytest.approx(2.0, rel=0.01)
 
 

@@ -192,3 +192,19 @@ def test_simulation_is_deterministic():
         return [(o.status, o.finish) for o in result.outcomes], [b.rows for b in result.batches]
 
     assert once() == once()
+
+
+def test_two_executors_add_capacity_only_where_they_run_in_parallel():
+    trace = poisson(12000, 0.3, SLO, seed=13)
+
+    def goodput(executors, slowdown):
+        result = simulate(trace, executors=executors, concurrency_slowdown=slowdown,
+                          duration=0.3, noise=NOISE)
+        return result.goodput(), result.late() / max(1, result.count("ok"))
+
+    one, _ = goodput(1, 1.0)
+    two_cores, late_two_cores = goodput(2, 1.0)
+    shared_core, late_shared = goodput(2, 2.0)  # side by side, each runs half as fast
+    assert two_cores > 1.4 * one and late_two_cores < 0.01
+    # L(b) learns that overlapping runs gain nothing here and runs mostly one at a time
+    assert shared_core > 0.8 * one and late_shared < 0.05
