@@ -54,6 +54,7 @@ class SoakResult:
     drift: float = 0.0  # (final - warm) / warm
     requests: int = 0
     reloads: int = 0
+    errors: list[str] = field(default_factory=list)  # first unexpected answers, verbatim
 
 
 def soak_repository(folder: Path) -> Path:
@@ -88,11 +89,18 @@ class Load:
         return "ModelStatistics", pb.ModelStatisticsRequest(name="mlp"), {grpc.StatusCode.OK}
 
 
-def _stream_burst(stub, load: Load, count: int = 50) -> Counter:
+def _stream_burst(stub, load: Load, errors: list[str], count: int = 50) -> Counter:
     requests = [codec.build_request("mlp", {"input": load.data[: 1 + i % 8]}) for i in range(count)]
     outcomes: Counter = Counter()
     for reply in stub.ModelStreamInfer(iter(requests), timeout=60):
-        outcomes["stream_ok" if not reply.error_message else "stream_error"] += 1
+        if reply.error_message:
+            # "STATUS: message"; a refusal under load is expected, anything else is not.
+            status = reply.error_message.split(":", 1)[0]
+            outcomes[f"stream_{status}"] += 1
+            if len(errors) < 20:
+                errors.append(reply.error_message)
+        else:
+            outcomes["stream_ok"] += 1
     return outcomes
 
 
@@ -119,22 +127,30 @@ def run_load(address: str, pid: int, *, duration: float, interval: float, warmup
                 result.reloads += 1
                 next_reload += reload_every
             if now >= next_stream and stream_every > 0:
-                outcomes.update(_stream_burst(stub, load))
+                outcomes.update(_stream_burst(stub, load, result.errors))
                 next_stream += stream_every
             while len(pending) < concurrency:
                 method, request, acceptable = load.next()
                 pending.append((getattr(stub, method).future(request, timeout=60), acceptable))
                 result.requests += 1
             future, acceptable = pending.pop(0)
-            code = future.code()
-            outcomes[code.name if code in acceptable else f"UNEXPECTED_{code.name}"] += 1
+            _record(future, acceptable, outcomes, result.errors)
         for future, acceptable in pending:
-            code = future.code()
-            outcomes[code.name if code in acceptable else f"UNEXPECTED_{code.name}"] += 1
+            _record(future, acceptable, outcomes, result.errors)
     result.samples.append((round(time.monotonic() - start, 1), read_rss_kib(pid)))
     result.outcomes = dict(outcomes)
     _summarize(result, warmup)
     return result
+
+
+def _record(future, acceptable: set, outcomes: Counter, errors: list[str]) -> None:
+    code = future.code()
+    if code in acceptable:
+        outcomes[code.name] += 1
+        return
+    outcomes[f"UNEXPECTED_{code.name}"] += 1
+    if len(errors) < 20:
+        errors.append(f"{code.name}: {future.details()}")
 
 
 def _summarize(result: SoakResult, warmup: float) -> None:
@@ -168,12 +184,16 @@ def main() -> int:
                   server_cpu=args.server_cpu, concurrency=args.concurrency,
                   reload_every=args.reload_every)
     print(f"requests {result.requests}  reloads {result.reloads}  outcomes {result.outcomes}")
+    for error in result.errors:
+        print(f"  error: {error}")
     print(f"RSS after warm-up {result.warm_rss_kib / 1024:.1f} MiB, final {result.final_rss_kib / 1024:.1f} MiB, "
           f"peak {result.peak_rss_kib / 1024:.1f} MiB, drift {result.drift:+.1%}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(asdict(result), indent=1))
     unexpected = sum(n for k, n in result.outcomes.items() if k.startswith("UNEXPECTED"))
+    unexpected += sum(n for k, n in result.outcomes.items()
+                      if k.startswith("stream_") and k not in ("stream_ok", "stream_RESOURCE_EXHAUSTED"))
     return 1 if unexpected else 0
 
 

@@ -32,6 +32,9 @@ def test_short_soak_has_bounded_memory(capsys):
         print(f"\nshort soak: {result.requests} requests, {result.reloads} reloads, "
               f"outcomes {result.outcomes}; RSS after warm-up {result.warm_rss_kib / 1024:.1f} MiB, "
               f"final {result.final_rss_kib / 1024:.1f} MiB, drift {result.drift:+.1%}")
-    assert not [k for k in result.outcomes if k.startswith("UNEXPECTED")], result.outcomes
+    assert not [k for k in result.outcomes if k.startswith("UNEXPECTED")], result.errors
+    # In streams, only load refusals (the box is shared and noisy) may replace an answer.
+    refusals = ("stream_ok", "stream_RESOURCE_EXHAUSTED", "stream_DEADLINE_EXCEEDED")
+    assert not [k for k in result.outcomes if k.startswith("stream_") and k not in refusals], result.errors
     assert result.outcomes.get("OK", 0) > 1000
     assert result.drift < MAX_DRIFT, "\n".join(lines)
