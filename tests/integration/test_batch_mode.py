@@ -2,8 +2,8 @@
 Parquet round trips, resume after the client is SIGKILLed and after the server goes away,
 bad inputs refused before anything is sent.
 
-The last test is a scheduler regression test, marked xfail until the scheduler owner fixes it
-(see its docstring): it is what the batch-mode report asks of `server/scheduler/core.py`.
+The last two tests are what batch mode needs from `server/scheduler/core.py` (owned by the
+scheduler engineer): written as failing tests against 4212b4c..bae0eea, passing since 83f7921.
 """
 
 from __future__ import annotations
@@ -262,21 +262,14 @@ def test_checkpoint_without_resume_is_refused(server, tmp_path, capsys) -> None:
 # -- what batch mode needs from the scheduler (server/scheduler: not ours to edit) -------
 
 
-@pytest.mark.xfail(reason="scheduler: one expired online request shrinks batch pieces to 1 row "
-                   "(SchedulerCore.online_budget drops to its deadline - now, even when refused)",
-                   strict=False)
 def test_scheduler_one_late_online_request_does_not_collapse_batch_pieces() -> None:
-    """SchedulerCore.admit tracks `online_budget` (which sizes batch-class pieces: L(piece)
-    <= budget / 2) from every online request's `deadline - now`, before refusing it: down at
-    once, back up by 0.2% of the gap per later online request. One request that arrives
-    with its deadline already spent (a client that queued it too long; refused anyway) sets
-    the budget <= 0, and until hundreds of online requests have pulled it back up, `_greedy`
-    cuts every batch-class piece to 1 row (`take = fit if fit > 0 else 1`). On a busy machine
-    such stragglers keep coming, so end to end batch mode ran at ~0.2x its alone throughput
-    (BENCHMARKS.md, issue 5: slo_batch_size 1 in every mixed run; before the relaxation it
-    was 1 for good). Expected: a request refused for its deadline does not lower the budget
-    at all, and the budget follows a robust statistic (the model's SLO, or a recent quantile
-    of admitted online slack), so batch pieces stay sized for real online traffic."""
+    """Batch-class pieces are sized from the online budget (L(piece) <= budget / 2). Up to
+    bae0eea the budget was the tightest `deadline - now` of any online request, refused ones
+    included (at first forever, then relaxing by 0.2% per later request): one request that
+    arrived with its deadline spent cut every batch piece to 1 row, and end to end batch mode
+    ran at ~0.2x its alone throughput (BENCHMARKS.md, issue 5). Expected, and true since
+    83f7921 (a low quantile of admitted online budgets): a straggler, let alone a refused
+    one, does not shrink batch pieces."""
     from kairos.server.errors import KairosError
     from kairos.server.scheduler.core import SchedulerCore
     from kairos.server.scheduler.latency import LatencyModel
@@ -306,15 +299,11 @@ def test_scheduler_one_late_online_request_does_not_collapse_batch_pieces() -> N
     assert piece is not None and piece.rows >= 32, piece
 
 
-@pytest.mark.xfail(reason="scheduler: batch-class rows count against max_queued_rows, so a "
-                   "batch job refuses online requests with RESOURCE_EXHAUSTED", strict=False)
 def test_scheduler_queued_batch_rows_do_not_refuse_online_requests() -> None:
-    """SchedulerCore.admit refuses any request when `queued_rows + rows > max_queued_rows`,
-    counting batch-class rows. A batch client keeping a few thousand rows queued (the
-    natural way to keep the executor busy) therefore makes online requests fail with
-    RESOURCE_EXHAUSTED "queue full", i.e. batch work hurts online traffic. Expected: online
-    admission counts online rows only (or batch rows get their own bound), so an online
-    request is admitted while batch work waits."""
+    """Queued batch-class rows must not make online requests fail with RESOURCE_EXHAUSTED
+    "queue full" (up to bae0eea admission compared all queued rows, batch included, with
+    max_queued_rows): a batch client keeping a few thousand rows queued, the natural way to
+    keep the executor busy, must not cost online traffic its admission."""
     from kairos.server.scheduler.core import SchedulerCore
     from kairos.server.scheduler.latency import LatencyModel
     from kairos.server.types import InferenceRequest
