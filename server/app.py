@@ -143,12 +143,17 @@ class KairosServer:
             server,
         )
         address = f"{self.args.host}:{self.args.grpc_port}"
-        if self.credentials is not None:
-            port = server.add_secure_port(address, self.credentials)
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if self.credentials is not None:
+                port = server.add_secure_port(address, self.credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc raises when the port is taken
+            port = 0
         if port == 0:
-            raise SystemExit(f"kairos serve: cannot listen on {self.args.host}:{self.args.grpc_port}")
+            raise SystemExit(
+                f"kairos serve: cannot listen on {address} (port in use? choose another with --grpc-port)"
+            )
         return server, port
 
     async def run(self) -> int:
