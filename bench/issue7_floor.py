@@ -16,6 +16,8 @@ Writes bench/results/issue7_floor.json; bench/issue7_report.py turns it into fig
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,44 @@ def generator_capacity(rate: float, duration: float) -> dict[str, Any]:
             "lateness_ms": point["lateness_ms"], "generator": gen, "point": point}
 
 
+PARTS = ("c1", "peaks", "generator")
+
+
+def measure_parts(args: argparse.Namespace, parts: set[str]) -> dict[str, Any]:
+    """The asked parts; "peaks" is the peaks and both sweeps (they share their rates)."""
+    out: dict[str, Any] = {}
+    fractions = [float(f) for f in args.fractions.split(",")]
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
+        repo = Path(tmp)
+        write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
+        if parts & {"c1", "peaks"}:
+            with floor_server() as floor, KairosHandle(repo, [MODEL]) as kairos:
+                if "c1" in parts:
+                    out["c1"] = c1_latency(floor, kairos, args.repeats, args.duration)
+                if "peaks" in parts:
+                    out.update(peaks_and_sweeps(floor, kairos, fractions, args.duration))
+                out["kairos_restarts"] = kairos.restarts
+                out["kairos_wedged_points"] = kairos.wedged_points
+    if "generator" in parts:
+        out["generator_capacity"] = generator_capacity(args.generator_rate, args.duration)
+    return out
+
+
+def peaks_and_sweeps(floor, kairos: KairosHandle, fractions: list[float], duration: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    out["floor_peak"] = peak_throughput(floor, (8, 32), duration, "floor")
+    out["kairos_closed_peak"] = peak_throughput(kairos, (8, 32), duration, "kairos")
+    rates = [round(f * out["floor_peak"]["peak_rps"], -1) for f in fractions]
+    out["rates"] = rates
+    out["kairos_sweep"] = sweep(kairos, rates, duration, "kairos")
+    out["floor_sweep"] = sweep(floor, rates, duration, "floor")
+    best = max(out["kairos_sweep"], key=lambda p: p["goodput"])
+    out["kairos_peak_goodput"] = best["goodput"]
+    out["kairos_peak_goodput_rate"] = best["offered_rate"]
+    out["ratio_peak_goodput_to_floor_peak"] = round(best["goodput"] / out["floor_peak"]["peak_rps"], 4)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="c=1 alternations")
@@ -87,33 +127,23 @@ def main() -> None:
     parser.add_argument("--generator-rate", type=float, default=5000.0)
     parser.add_argument("--fractions", default=",".join(map(str, SWEEP_FRACTIONS)),
                         help="sweep rates as fractions of the floor's peak")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help="comma-separated parts to (re)measure: c1, peaks, generator; "
+                        "the others are kept from the previous results file")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.only.split(",") if p.strip()}
+    if not parts <= set(PARTS):
+        raise SystemExit(f"--only takes {', '.join(PARTS)}")
     pin_generator()
-    fractions = [float(f) for f in args.fractions.split(",")]
-    out: dict[str, Any] = {"model": MODEL, "slo_ms": 10.0, "rows": 1}
-    with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
-        repo = Path(tmp)
-        write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
-        with floor_server() as floor, KairosHandle(repo, [MODEL]) as kairos:
-            out["c1"] = c1_latency(floor, kairos, args.repeats, args.duration)
-            out["floor_peak"] = peak_throughput(floor, (8, 32), args.duration, "floor")
-            out["kairos_closed_peak"] = peak_throughput(kairos, (8, 32), args.duration, "kairos")
-            rates = [round(f * out["floor_peak"]["peak_rps"], -1) for f in fractions]
-            out["rates"] = rates
-            out["kairos_sweep"] = sweep(kairos, rates, args.duration, "kairos")
-            out["floor_sweep"] = sweep(floor, rates, args.duration, "floor")
-            out["kairos_restarts"] = kairos.restarts
-            out["kairos_wedged_points"] = kairos.wedged_points
-    peak = max(p["goodput"] for p in out["kairos_sweep"])
-    floor_peak = out["floor_peak"]["peak_rps"]
-    out["kairos_peak_goodput"] = peak
-    out["kairos_peak_goodput_rate"] = max(out["kairos_sweep"], key=lambda p: p["goodput"])["offered_rate"]
-    out["ratio_peak_goodput_to_floor_peak"] = round(peak / floor_peak, 4)
-    out["generator_capacity"] = generator_capacity(args.generator_rate, args.duration)
-    save("issue7_floor", out)
-    print(f"floor c=1 p50 {out['c1']['p50_ms']['floor']} ms, Kairos {out['c1']['p50_ms']['kairos']} ms "
-          f"(+{out['c1']['delta_ms']} ms); floor peak {floor_peak}/s; Kairos peak goodput {peak}/s "
-          f"= {out['ratio_peak_goodput_to_floor_peak']}x")
+    out = measure_parts(args, parts)
+    out.update({"model": MODEL, "slo_ms": 10.0, "rows": 1})
+    out[f"command_{'_'.join(sorted(parts))}"] = " ".join(sys.argv)
+    path = save("issue7_floor", out, merge=True)
+    data = json.loads(path.read_text())
+    if "c1" in data and "floor_peak" in data:
+        print(f"floor c=1 p50 {data['c1']['p50_ms']['floor']} ms, Kairos {data['c1']['p50_ms']['kairos']} ms "
+              f"(+{data['c1']['delta_ms']} ms); floor peak {data['floor_peak']['peak_rps']}/s; Kairos peak "
+              f"goodput {data['kairos_peak_goodput']}/s = {data['ratio_peak_goodput_to_floor_peak']}x")
 
 
 if __name__ == "__main__":
