@@ -144,6 +144,10 @@ def floor_section(d: dict[str, Any]) -> list[str]:
         "### Floor vs Kairos (mlp256, 1 row, SLO 10 ms)",
         "",
         f"    {LOCK} bench/issue7_floor.py",
+        *[f"    KAIROS_BENCH_REPEATS=1 {LOCK} {cmd}" for key, cmd in sorted(d.items())
+          if key.startswith("command_") and key != "command_c1_generator_peaks"],
+        "",
+        "(a second command re-measured the parts it names later; the table quotes the latest)",
         "",
         "| figure | floor | Kairos | target | |",
         "|---|---|---|---|---|",
