@@ -55,9 +55,13 @@ PARTS = (
     # grpc.aio's server runs in Cython, invisible to py-spy: its time lands on the loop's frames.
     ("event loop + gRPC core (Cython)", "asyncio/"),
     ("event loop + gRPC core (Cython)", "uvloop/"),
-    ("threads (executor pool)", "concurrent/futures"),
-    ("threads (executor pool)", "threading.py"),
+    ("executor threads", "concurrent/futures"),
+    # A thread whose only Python frame is Thread.run is gRPC's completion-queue poller
+    # (Cython), busy or waiting: py-spy cannot tell which.
+    ("gRPC poller thread (Cython; busy or waiting)", "threading.py"),
 )
+# The event loop waiting in its selector: idle, not CPU.
+IDLE_LEAVE = "select (selectors.py"
 
 
 def part_of(stack: list[str]) -> str:
@@ -79,6 +83,8 @@ def attribute(raw: Path) -> tuple[Counter, Counter, int]:
             continue
         count = int(count_text)
         stack = stack_text.split(";")
+        if IDLE_LEAVE in stack[-1]:
+            continue
         parts[part_of(stack)] += count
         leaves[stack[-1]] += count
         total += count
@@ -90,8 +96,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float,
                         help="offered req/s (default: Kairos's peak-goodput rate from issue7_floor.json)")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--refused", action="store_true",
+                        help="profile the refusal path: every request carries timeout=1 us and no "
+                        "gRPC deadline, so admission refuses it (writes issue7_profile_refusal.json)")
+    parser.add_argument("--from-raw", action="store_true",
+                        help="recompute the attribution from the saved raw profile, without running")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
+    if args.from_raw:  # re-attribute an earlier run (e.g. after changing PARTS)
+        name = "issue7_profile_refusal" if args.refused else "issue7_profile"
+        earlier = json.loads((RESULTS / f"{name}.json").read_text())
+        args.rate = earlier["rate"]
+        report(name, RESULTS / f"{name}.raw", args, earlier["point"])
+        return
     pin_generator()
     if args.rate is None:
         floor = RESULTS / "issue7_floor.json"
@@ -101,21 +118,28 @@ def main() -> None:
         write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
         with kairos_server(repo) as kairos:
             wait_ready(kairos, MODEL)  # a fresh server: its L(b) has not been disturbed yet
-            raw = RESULTS / "issue7_profile.raw"
+            name = "issue7_profile_refusal" if args.refused else "issue7_profile"
+            raw = RESULTS / f"{name}.raw"
             warmup = 2.0
             spy = subprocess.Popen(
                 ["taskset", "-c", "1", args.py_spy, "record", "--nonblocking", "--pid", str(kairos.pid),
                  "-r", "250", "-d", str(int(warmup + args.duration)), "-f", "raw", "-o", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
+            extra: dict[str, Any] = {"deadline_ms": 0, "parameters": {"timeout": 1}} if args.refused else {}
             point = run(config(kairos, MODEL, rates=[args.rate], duration_s=args.duration,
-                               warmup_s=warmup))["points"][0]
+                               warmup_s=warmup, **extra))["points"][0]
             spy.wait(60)
+    report(name, raw, args, point)
+
+
+def report(name: str, raw: Path, args: argparse.Namespace, point: dict[str, Any]) -> None:
+    """Samples per part scaled to the server CPU per request measured in the same window."""
     parts, leaves, total = attribute(raw)
     per_request = point.get("server_cpu", {}).get("cpu_us_per_request") or 0.0
     share = {part: round(n / total, 4) for part, n in parts.most_common()}
     out: dict[str, Any] = {
-        "rate": args.rate, "samples": total,
+        "rate": args.rate, "refused": args.refused, "samples": total,
         "server_cpu_us_per_request": per_request,
         "server_cpu_util": point.get("server_cpu", {}).get("cpu_util"),
         "throughput": point["throughput"], "goodput": point["goodput"],
@@ -125,7 +149,7 @@ def main() -> None:
         "top_functions": [(f, round(n / total, 4)) for f, n in leaves.most_common(25)],
         "point": point,
     }
-    save("issue7_profile", out)
+    save(name, out)
     print(f"server {per_request} us/request at {point['throughput']}/s answered:")
     for part, us in out["us_per_request"].items():
         print(f"  {part:30s} {us:7.1f} us  ({share[part] * 100:.1f}%)")

@@ -246,11 +246,13 @@ def policies_section(d: dict[str, Any]) -> list[str]:
 
 
 def profile_section(d: dict[str, Any]) -> list[str]:
+    what = "refusing every request (timeout 1 us)" if d.get("refused") else "answering"
     lines = [
-        f"### Where the server's CPU goes (py-spy, {d['rate']:.0f} req/s offered)",
+        f"### Where the server's CPU goes (py-spy, {d['rate']:.0f} req/s offered, {what})",
         "",
         f"    {LOCK} {d.get('command', 'bench/issue7_profile.py')}",
         "",
+        "" if d.get("refused") else
         f"(offered rate: Kairos's peak-goodput rate from issue7_floor.py, {d['rate']:.0f} req/s)",
         "",
         f"Server CPU {d['server_cpu_us_per_request']} us per request ({d['throughput']:.0f}/s answered, "
@@ -278,7 +280,8 @@ def section() -> str:
         "",
     ]
     for name, render in (("issue7_floor", floor_section), ("issue7_overload", overload_section),
-                         ("issue7_policies", policies_section), ("issue7_profile", profile_section)):
+                         ("issue7_policies", policies_section), ("issue7_profile", profile_section),
+                         ("issue7_profile_refusal", profile_section)):
         data = load(name)
         if data is None:
             lines += [f"### {name}: not measured yet", ""]
