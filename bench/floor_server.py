@@ -105,7 +105,7 @@ def raw_infer_handler() -> grpc.GenericRpcHandler:
 
 
 async def serve(host: str, port: int, port_file: Path | None, raw: bool) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", -1)])
     if raw:  # generic handlers are consulted first, so this shadows the typed ModelInfer
         server.add_generic_rpc_handlers((raw_infer_handler(),))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(), server)

@@ -37,6 +37,13 @@ from .schedule import BurstSpec, arrival_times
 from .stats import UNFINISHED, Records, kept_up, summarize
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+# No transparent retries (a retried request would be measured as one), and no message-size
+# cap (big --rows requests and answers are the point of some runs).
+CHANNEL_OPTIONS = (
+    ("grpc.enable_retries", 0),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+)
 _OK = grpc.StatusCode.OK.value[0]
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 
@@ -375,7 +382,7 @@ class _Probe:
 
 async def run_point(cfg: BenchConfig, rate: float | None = None, concurrency: int | None = None) -> dict[str, Any]:
     """One measured point: warm-up, window, drain; returns its summary."""
-    async with grpc.aio.insecure_channel(cfg.url) as channel:
+    async with grpc.aio.insecure_channel(cfg.url, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         payload = build_payload(await fetch_metadata(channel, cfg), cfg)
         infer = channel.unary_unary(INFER_METHOD, _registered_method=True)

@@ -82,6 +82,12 @@ def test_a_deadline_shorter_than_the_answer_is_counted_by_status(floor: str) -> 
     assert 4.0 < point["errors"]["DEADLINE_EXCEEDED"]["p50_ms"] < 50.0  # cut at the deadline
 
 
+def test_requests_above_grpcs_default_4_mib_limit_are_sent_and_answered(floor: str) -> None:
+    # 8,192 rows x 256 FP32 = 8 MiB per request.
+    (point,) = run(_config(floor, concurrency=1, rows=8192, duration_s=0.3), loop="asyncio")["points"]
+    assert point["ok"] > 0 and point["errors"] == {}
+
+
 def test_bursty_arrivals_run(floor: str) -> None:
     result = run(_config(floor, rates=[200.0], burst=bench_cli.parse_burst("batch:5")), loop="asyncio")
     assert result["points"][0]["burst"] == "batch:5"
