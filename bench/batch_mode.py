@@ -192,6 +192,25 @@ def what_if_env(work: Path, floor_ms: float | None) -> dict[str, str] | None:
     return {"PYTHONPATH": path, "KAIROS_BENCH_BUDGET_FLOOR_S": str(floor_ms / 1e3)}
 
 
+def mixed_only(args: argparse.Namespace, repo: Path, data: Path, work: Path,
+               patch_env: dict[str, str] | None) -> int:
+    """Only the mixed run, at a given online rate, per rows-per-request (a fresh server each):
+    the quick reproduction of a mixed-run finding."""
+    for rows in [int(r) for r in args.rows_per_request.split(",")]:
+        with running_server(repo, cpu=SERVER_CPU, env=patch_env) as server:
+            run = mixed(server.address, data, work, rows, args.in_flight, args.mixed_only_rate,
+                        args.duration, args.warmup)
+            view = scheduler_view(server.address)
+        online = run["online"]
+        print(f"{rows} rows/request: online goodput {online['goodput']}/s of "
+              f"{args.mixed_only_rate}/s offered, p99 {online['latency_ms']['p99']} ms, errors "
+              f"{ {k: e['count'] for k, e in online['errors'].items()} }, admitted by the "
+              f"scheduler {view['counts']['admitted']}, batch {run['batch_rows_per_s']:,.0f} rows/s",
+              flush=True)
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+    return 0
+
+
 def write_dataset(path: Path, rows: int) -> None:
     """Random FP32 [rows, 256], written in slices (memory stays small)."""
     x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, 256))
@@ -224,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--what-if-budget-floor-ms", type=float, default=None,
                         help="what-if, not Kairos as shipped: the server's scheduler keeps its "
                         "online budget (which sizes batch pieces) at least this large")
+    parser.add_argument("--mixed-only-rate", type=float, default=None,
+                        help="only the mixed run at this online rate (req/s), per --rows-per-request")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/batch_mode.json")
     args = parser.parse_args(argv)
 
@@ -239,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     # piece to a row (see BENCHMARKS.md); fresh servers keep the runs independent.
     patch_env = what_if_env(work, args.what_if_budget_floor_ms)
     result: dict[str, Any] = {"config": {**vars(args), "out": str(args.out)}, "cpus": os.cpu_count()}
+
+    if args.mixed_only_rate:
+        return mixed_only(args, repo, data, work, patch_env)
 
     # Raw onnxruntime and batch alone alternate, so both medians see the same machine.
     raw_sizes = [int(s) for s in args.raw_sizes.split(",")]
