@@ -16,5 +16,5 @@ with a synthetic runner and clock.
 - `simulator`: a deterministic discrete-event simulator of the core with
   synthetic traces and L(b).
 - `microbench`: per-request overhead of the core and the dispatcher
-  (`python -m server.scheduler.microbench`).
+  (`python -m kairos.server.scheduler.microbench`).
 """

@@ -1,6 +1,6 @@
 """Micro-benchmark of scheduler overhead (no gRPC, no onnxruntime).
 
-    taskset -c 0 python -m server.scheduler.microbench [--compute-us 190] [--n 3000]
+    taskset -c 0 python -m kairos.server.scheduler.microbench [--compute-us 190] [--n 3000]
 
 1. The pure core: admit + next_batch + finish per request, alone (c=1) and in
    batches of 32.

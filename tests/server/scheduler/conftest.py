@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from server.types import InferenceRequest
+from kairos.server.types import InferenceRequest
 
 
 class FakeClock:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import DeadlineExceeded, KairosError, Refused
-from server.scheduler.core import CANCELLED, DONE, EXPIRED, SchedulerCore
-from server.scheduler.latency import LatencyModel
+from kairos.server.errors import DeadlineExceeded, KairosError, Refused
+from kairos.server.scheduler.core import CANCELLED, DONE, EXPIRED, SchedulerCore
+from kairos.server.scheduler.latency import LatencyModel
 
 
 def linear_model(max_batch: int, a: float = 0.001, c: float = 0.0001) -> LatencyModel:

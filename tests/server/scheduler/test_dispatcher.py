@@ -12,11 +12,11 @@ import threading
 import numpy as np
 import pytest
 
-from server.errors import DeadlineExceeded, InternalError, Refused, ShuttingDown
-from server.metrics import MetricsSink
-from server.repository.config import SchedulingSettings
-from server.scheduler.factory import make_dispatcher
-from server.scheduler.interface import MonotonicClock
+from kairos.server.errors import DeadlineExceeded, InternalError, Refused, ShuttingDown
+from kairos.server.metrics import MetricsSink
+from kairos.server.repository.config import SchedulingSettings
+from kairos.server.scheduler.factory import make_dispatcher
+from kairos.server.scheduler.interface import MonotonicClock
 
 
 def build(runner, clock, max_batch_size=16, metrics=None, **settings):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.scheduler.latency import LatencyModel, bucket_sizes
+from kairos.server.scheduler.latency import LatencyModel, bucket_sizes
 
 
 def test_buckets_are_powers_of_two_up_to_max():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.scheduler.simulator import SimRequest, bursts, merge, poisson, simulate, step
+from kairos.server.scheduler.simulator import SimRequest, bursts, merge, poisson, simulate, step
 
 SLO = 0.010
 CAPACITY = 8000.0
