@@ -367,6 +367,16 @@ class AsyncDispatcher:
 
     # -- operators --------------------------------------------------------
 
+    def hopeless(self, budget_s: float) -> bool:
+        """Whether a request with `budget_s` left cannot be served in time, judged
+        before it is even decoded: it has expired, or it is shorter than a lone
+        execution while other requests are queued. The transport refuses such a
+        request without decoding it, which keeps refusals cheap under overload. An
+        idle server never calls a request hopeless (the core's probe relearns L(1))."""
+        if budget_s <= 0:
+            return True
+        return self.core.queued_requests > 0 and budget_s < self.latency.predict(1)
+
     def describe(self) -> dict[str, Any]:
         info = self.core.describe()
         info.update(

@@ -391,6 +391,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if not self.accepting:
                 raise ShuttingDown("server is shutting down")
             served = self.repository.resolve(name, request.model_version)
+            if remaining is not None:
+                self._refuse_hopeless(served, remaining)
             inference = self._decode(request, served, arrival, remaining)
             rows, klass, deadline = inference.rows, inference.klass, inference.deadline
             result = await served.dispatcher.submit(inference)
@@ -417,6 +419,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
             metrics.request_finished(name, version, outcome, done - arrival, rows, klass, met)
             metrics.request_ended(name, request.model_version)
+
+    @staticmethod
+    def _refuse_hopeless(served: ServedVersion, remaining: float) -> None:
+        """Refuse before decoding what cannot make its gRPC deadline: under overload
+        requests reach the handler already late, and decoding them is wasted CPU."""
+        hopeless = getattr(served.dispatcher, "hopeless", None)
+        if hopeless is None or not hopeless(remaining):
+            return
+        if remaining <= 0:
+            raise DeadlineExceeded("the deadline passed before the request was read")
+        raise Refused(
+            f"cannot meet deadline: {remaining * 1e3:.3f} ms left is less than one execution"
+        )
 
     def _decode(
         self, request, served: ServedVersion, arrival: float, remaining: float | None

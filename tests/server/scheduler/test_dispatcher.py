@@ -11,7 +11,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from kairos.server.errors import DeadlineExceeded, InternalError, Refused, ShuttingDown
 from kairos.server.metrics import MetricsSink
 from kairos.server.repository.config import SchedulingSettings
@@ -321,3 +320,23 @@ def test_outputs_that_do_not_match_the_batch_fail_it_cleanly(runner, clock, req)
     assert first["y"].shape == (1, 4)
     assert all(isinstance(r, InternalError) for r in results)
     assert info["counts"]["failed"] == 3 and info["executors_busy"] == 0
+
+
+def test_hopeless_requests_are_judged_before_decoding(runner, clock, req):
+    runner.gate = threading.Event()
+
+    async def main():
+        dispatcher = build(runner, clock, execution="thread")
+        dispatcher.latency.observe(1, 0.002)
+        assert dispatcher.hopeless(0.0)  # expired
+        assert not dispatcher.hopeless(0.001)  # idle: worth a try, whatever L(1) says
+        first = asyncio.create_task(dispatcher.submit(req(0, slo=10.0)))
+        await wait_started(runner)
+        queued = asyncio.create_task(dispatcher.submit(req(1, slo=10.0)))
+        await asyncio.sleep(0)
+        assert dispatcher.hopeless(0.001)  # busy and shorter than one execution
+        assert not dispatcher.hopeless(1.0)
+        runner.gate.set()
+        await asyncio.gather(first, queued)
+
+    asyncio.run(main())
