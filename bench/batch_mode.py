@@ -73,10 +73,11 @@ print(json.dumps(result))
 """
 
 
-def model_config(max_batch_size: int, max_queued_rows: int) -> str:
+def model_config(max_batch_size: int, max_queued_rows: int, execution: str = "auto") -> str:
     return (
         f"max_batch_size: {max_batch_size}\nslo_ms: {SLO_MS:g}\nintra_op_threads: 1\n"
         f"inter_op_threads: 1\nscheduling:\n  max_queued_rows: {max_queued_rows}\n"
+        f"  execution: {execution}\n"
     )
 
 
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--what-if-budget-floor-ms", type=float, default=None,
                         help="what-if, not Kairos as shipped: the server's scheduler keeps its "
                         "online budget (which sizes batch pieces) at least this large")
+    parser.add_argument("--execution", default="auto", choices=("auto", "inline", "thread"),
+                        help="the model's scheduling.execution (auto runs short pieces inline)")
     parser.add_argument("--mixed-only-rate", type=float, default=None,
                         help="only the mixed run at this online rate (req/s), per --rows-per-request")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/batch_mode.json")
@@ -251,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kairos-batch-bench-"))
     repo = work / "repo"
     model_path = write_model(repo, MODEL, build_mlp(SIZES, seed=256, name=MODEL),
-                             config=model_config(args.max_batch_size, args.max_queued_rows))
+                             config=model_config(args.max_batch_size, args.max_queued_rows,
+                                                 args.execution))
     data, small = work / "x.npy", work / "x_small.npy"
     write_dataset(data, args.rows)
     write_dataset(small, args.alone_rows)
