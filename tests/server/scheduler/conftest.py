@@ -7,7 +7,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-
 from kairos.server.types import InferenceRequest
 
 

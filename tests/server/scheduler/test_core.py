@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from kairos.server.errors import DeadlineExceeded, KairosError, Refused
 from kairos.server.scheduler.core import CANCELLED, DONE, EXPIRED, SchedulerCore
 from kairos.server.scheduler.latency import LatencyModel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from kairos.server.scheduler.latency import LatencyModel, bucket_sizes
 
 

@@ -8,7 +8,6 @@ next, so L(b) <= 5 ms, b = 40, 8000 requests/s. Executions jitter (lognormal 5%)
 from __future__ import annotations
 
 import pytest
-
 from kairos.server.scheduler.simulator import SimRequest, bursts, merge, poisson, simulate, step
 
 SLO = 0.010
