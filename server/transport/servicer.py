@@ -248,26 +248,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def RepositoryModelLoad(self, request, context):
-        if error := self._repository_control_refusal(request):
-            context.set_code(error[0])
-            context.set_details(error[1])
-            return pb.RepositoryModelLoadResponse()
-        try:
-            await self.repository.load(request.model_name)
-        except KairosError as exc:
-            return self._fail(context, exc, pb.RepositoryModelLoadResponse())
-        return pb.RepositoryModelLoadResponse()
+        return await self._repository_control(
+            request, context, self.repository.load, pb.RepositoryModelLoadResponse
+        )
 
     async def RepositoryModelUnload(self, request, context):
+        return await self._repository_control(
+            request, context, self.repository.unload, pb.RepositoryModelUnloadResponse
+        )
+
+    async def _repository_control(self, request, context, action, response_type):
+        """Load or unload one model, unless repository control is refused."""
         if error := self._repository_control_refusal(request):
             context.set_code(error[0])
             context.set_details(error[1])
-            return pb.RepositoryModelUnloadResponse()
+            return response_type()
         try:
-            await self.repository.unload(request.model_name)
+            await action(request.model_name)
         except KairosError as exc:
-            return self._fail(context, exc, pb.RepositoryModelUnloadResponse())
-        return pb.RepositoryModelUnloadResponse()
+            return self._fail(context, exc, response_type())
+        return response_type()
 
     def _repository_control_refusal(self, request) -> tuple[grpc.StatusCode, str] | None:
         if not self.options.repository_control:
