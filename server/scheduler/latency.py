@@ -67,6 +67,10 @@ class LatencyModel:
         self.quantile = quantile
         self.buckets = bucket_sizes(self.max_rows)
         self._windows: dict[int, deque[float]] = {b: deque(maxlen=window) for b in self.buckets}
+        # each bucket's own runs only (no spread values): what spreading scales, so that
+        # spreads never compound on spreads
+        self._own: dict[int, deque[float]] = {b: deque(maxlen=window) for b in self.buckets}
+        self._own_median: dict[int, float] = {}
         self._counts: dict[int, int] = dict.fromkeys(self.buckets, 0)
         self._bucket_q: dict[int, float] = {}
         self._bucket_median: dict[int, float] = {}
@@ -146,6 +150,8 @@ class LatencyModel:
             self.clamped += 1
         self._counts[bucket] += 1
         self._since_rebuild += 1
+        self._own[bucket].append(seconds)
+        self._own_median.pop(bucket, None)
         surprise = self._credit(bucket, seconds)
         if grounded and (surprise or self.observations % SPREAD_EVERY == 0):
             # every slow run, and an unbiased sample of the others (cheaper)
@@ -165,7 +171,11 @@ class LatencyModel:
         adjacent ones, half as strongly two away): a machine that slows down (a
         noisy neighbour, frequency scaling) slows every batch size, and batch sizes
         drift with load, so a bucket not run lately must not keep promising the old
-        speed. Buckets without their own data are left to interpolation."""
+        speed. The ratio scales the neighbour's median of its *own* runs, not its
+        prediction: scaling predictions would compound one slow spell on the last
+        (a bucket that rarely runs itself then grew without bound: L(2) reached
+        hours under a mix of batch-1 and batch-2 runs). Buckets without their own
+        data are left to interpolation."""
         buckets = self.buckets
         index = buckets.index(bucket)
         for j in range(max(0, index - 2), min(len(buckets), index + 3)):
@@ -173,7 +183,15 @@ class LatencyModel:
             if j == index or self._counts[other] == 0:
                 continue
             scale = ratio if abs(j - index) == 1 else math.sqrt(ratio)
-            self._credit(other, self.predict(other) * scale)
+            self._credit(other, self._own_level(other) * scale)
+
+    def _own_level(self, bucket: int) -> float:
+        """Median of a bucket's own recent runs (cached until it runs again)."""
+        level = self._own_median.get(bucket)
+        if level is None:
+            own = sorted(self._own[bucket])
+            level = self._own_median[bucket] = own[len(own) // 2]
+        return level
 
     def _nearest_bucket(self, rows: int) -> int:
         if rows >= self.max_rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from kairos.server.scheduler.latency import LatencyModel, bucket_sizes
 
@@ -135,3 +137,20 @@ def test_a_real_slowdown_still_shows_through_the_clamp():
     for _ in range(40):
         model.observe(1, 0.010)
     assert model.predict(1) == pytest.approx(0.010)
+
+
+def test_spreading_slow_runs_to_neighbours_does_not_compound():
+    """Slow batch-1 runs carry their ratio to neighbours; a neighbour that rarely runs
+    itself must stay near its own measurements, not grow by ratio upon ratio (it once
+    reached hours: admission then refused everything that would batch)."""
+    model = LatencyModel(64)
+    rng = random.Random(1)
+    truth = {b: 0.0002 + 0.00005 * b for b in model.buckets}
+    for b in model.buckets:
+        for _ in range(20):
+            model.observe(b, truth[b] * rng.uniform(0.9, 1.1))
+    for i in range(20_000):  # noisy machine: runs take 0.8-3x their quiet time
+        rows = 2 if i % 5 == 0 else 3 if i % 50 == 1 else 1
+        model.observe(rows, (0.0003 if rows == 1 else 0.0004) * rng.uniform(0.8, 3))
+    assert model.predict(16) < 3 * 3 * truth[16]
+    assert model.predict(8) < 3 * 3 * truth[8]
