@@ -31,6 +31,18 @@ log = logging.getLogger("kairos.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
+def pending_limit_options(limit: int) -> list[tuple[str, int]]:
+    """gRPC core options that bound calls waiting to be read by the server.
+
+    grpc.aio reads one new call per event-loop round trip; under overload the rest wait
+    in the core, where the scheduler cannot see them, and reach Python late. Past
+    `limit` waiting calls the core refuses new ones at once, in C."""
+    if limit <= 0:
+        return []
+    return [("grpc.server.max_pending_requests", limit),
+            ("grpc.server.max_pending_requests_hard_limit", limit)]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `kairos serve` flags (also used by `python -m kairos.server`)."""
     parser.add_argument("--model-repository", type=Path, default=None,
@@ -54,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int, default=64,
                         help="concurrent ModelStreamInfer calls; beyond it RESOURCE_EXHAUSTED "
                              "(default 64; 0 = no limit)")
+    parser.add_argument("--max-pending-rpcs", type=int, default=0,
+                        help="calls gRPC may hold before the server reads them; beyond it gRPC's core "
+                             "refuses new calls with RESOURCE_EXHAUSTED without running any Python "
+                             "(cheap load shedding under overload; 0 = gRPC's default, 1000)")
     parser.add_argument("--drain-delay-seconds", type=float, default=0.0,
                         help="on shutdown, how long health answers NOT_SERVING (and inference "
                              "UNAVAILABLE) before the listener closes, so load balancers see it "
@@ -133,6 +149,7 @@ class KairosServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
+                *pending_limit_options(self.args.max_pending_rpcs),
             ]
         )
         add_to_server(self.servicer, server)

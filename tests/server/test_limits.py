@@ -6,6 +6,7 @@
 | rows per request              | `--max-rows-per-request`                | RESOURCE_EXHAUSTED |
 | queued rows per model         | config `scheduling.max_queued_rows`     | RESOURCE_EXHAUSTED |
 | concurrent ModelStreamInfer   | `--max-streams`                         | RESOURCE_EXHAUSTED |
+| calls waiting in gRPC's core  | `--max-pending-rpcs`                    | CANCELLED (by gRPC)|
 
 All are "too much at once" refusals a client may retry smaller or elsewhere,
 hence one status; malformed content is INVALID_ARGUMENT.
@@ -143,3 +144,22 @@ def test_stream_slot_is_released_when_the_client_cancels(stub):
             last = OpenStream(stub)
     assert done.is_set()
     last.close()
+
+
+def test_calls_beyond_the_pending_limit_are_shed_by_grpc_and_the_rest_served(tmp_path):
+    """`--max-pending-rpcs`: while the event loop is busy (an inline model run),
+    calls past the limit are refused by gRPC's core without reaching Python; every
+    call is answered at once either way, and the server serves on."""
+    write_model(tmp_path, "slow", mlp(512, 6), config=(
+        "max_batch_size: 1\nscheduling:\n  policy: none\n  execution: inline\n"
+        "  profile_budget_s: 0.2\n"))
+    with running_server(tmp_path, "--max-pending-rpcs", "1") as server, \
+            grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = rows_request("slow", 1, width=512)
+        calls = [stub.ModelInfer.future(request, timeout=60) for _ in range(200)]
+        codes = [call.code() for call in calls]
+        shed = codes.count(grpc.StatusCode.CANCELLED)
+        assert codes.count(grpc.StatusCode.OK) + shed == len(calls), set(codes)
+        assert shed > 0 and codes.count(grpc.StatusCode.OK) > 0
+        assert stub.ModelInfer(request, timeout=30).model_name == "slow"
