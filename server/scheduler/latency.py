@@ -39,6 +39,8 @@ GROUNDED = 3
 # on) are clamped to it.
 OUTLIER = 4.0
 MEDIAN_MIN = 8
+# What spreading may credit a bucket: at most this many times its own runs' median.
+SPREAD_CAP = 4.0
 # Ordinary (not slow) runs are spread to neighbours one in this many.
 SPREAD_EVERY = 4
 # Smoothing of the slowdown of runs beside another, and the least overlap worth
@@ -171,11 +173,12 @@ class LatencyModel:
         adjacent ones, half as strongly two away): a machine that slows down (a
         noisy neighbour, frequency scaling) slows every batch size, and batch sizes
         drift with load, so a bucket not run lately must not keep promising the old
-        speed. The ratio scales the neighbour's median of its *own* runs, not its
-        prediction: scaling predictions would compound one slow spell on the last
-        (a bucket that rarely runs itself then grew without bound: L(2) reached
-        hours under a mix of batch-1 and batch-2 runs). Buckets without their own
-        data are left to interpolation."""
+        speed. Scaled predictions compound (a neighbour's prediction is scaled up
+        again by the next slow run), so the result is capped at SPREAD_CAP x the
+        median of the neighbour's *own* runs: uncapped, a bucket that rarely ran
+        itself grew without bound (L(2..64) reached hours under a mix of batch-1
+        and batch-2 runs on a busy core). Buckets without their own data are left
+        to interpolation."""
         buckets = self.buckets
         index = buckets.index(bucket)
         for j in range(max(0, index - 2), min(len(buckets), index + 3)):
@@ -183,7 +186,7 @@ class LatencyModel:
             if j == index or self._counts[other] == 0:
                 continue
             scale = ratio if abs(j - index) == 1 else math.sqrt(ratio)
-            self._credit(other, self._own_level(other) * scale)
+            self._credit(other, min(self.predict(other) * scale, self._own_level(other) * SPREAD_CAP))
 
     def _own_level(self, bucket: int) -> float:
         """Median of a bucket's own recent runs (cached until it runs again)."""
