@@ -34,12 +34,19 @@ online rows only). A queued request that can no longer finish in time (under
 without running. An idle server still admits one predicted-late request per
 PROBE_INTERVAL_S, so a model whose L(1) rose above every deadline relearns it.
 
-Batch-class requests run only when no online request is queued, and in pieces
-small enough that an online request arriving meanwhile still makes its deadline:
-a piece's L(b) is kept under half the online budget (a low quantile of recent
-admitted online requests' deadline - arrival). Requests larger than one piece
-(or than max_batch_size) are split; the dispatcher reassembles the parts in
-order.
+Batch-class requests run only when no online request is queued, and in pieces;
+requests larger than one piece (or than max_batch_size) are split and the
+dispatcher reassembles the parts in order. Two ways to keep pieces from hurting
+online requests:
+- `background_batch` (the asyncio dispatcher's default): one piece at a time runs
+  in the *background*, beside whatever online execution runs, on a thread the
+  operating system runs at the lowest priority. It holds no executor, so online
+  work never waits for a piece to end; the OS gives the piece only the CPU online
+  work leaves idle. Pieces take up to BACKGROUND_PIECE_S (few, cheap hand-offs)
+  and teach L(b) nothing (their times include preemption).
+- otherwise a piece holds the executor, so its L(b) is kept under half the online
+  budget (a low quantile of recent admitted online requests' deadline - arrival)
+  and an online request arriving meanwhile still makes its deadline.
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ PROBE_INTERVAL_S = 0.05
 # trying anyway once per SIDE_BY_SIDE_PROBE executions to keep learning.
 CONCURRENCY_PAYS = 0.7
 SIDE_BY_SIDE_PROBE = 256
+# Predicted length of one background batch-class piece (see `background_batch`).
+BACKGROUND_PIECE_S = 0.025
 
 
 class Ticket:
@@ -127,7 +136,8 @@ class Batch:
     """One execution: slices (ticket, start row, stop row) of queued requests."""
 
     __slots__ = (
-        "key", "items", "rows", "predicted", "start", "online", "concurrent", "deadline", "overlap"
+        "key", "items", "rows", "predicted", "start", "online", "concurrent", "deadline", "overlap",
+        "background",
     )
 
     def __init__(self, key: Hashable, items: list, rows: int, predicted: float, start: float):
@@ -140,6 +150,7 @@ class Batch:
         self.concurrent = False
         self.deadline = _INF  # earliest deadline in it (set when several executors run)
         self.overlap = 0.0  # seconds during which another execution ran too
+        self.background = False  # a low-priority batch-class piece holding no executor
 
     @property
     def tickets(self) -> list[Ticket]:
@@ -190,6 +201,7 @@ class SchedulerCore:
         max_queue_delay_s: float = 0.001,
         preferred_batch_sizes: Iterable[int] = (),
         early_refusal: bool | None = None,
+        background_batch: bool = False,
     ):
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -204,6 +216,8 @@ class SchedulerCore:
         prefs = sorted({p for p in preferred_batch_sizes if 0 < p <= self.cap})
         self.target_rows = prefs[-1] if prefs else self.cap
         self.predictive = policy == "slo" if early_refusal is None else early_refusal
+        self.background_batch = background_batch
+        self.background: Batch | None = None  # the running background piece
         self.lanes: dict[Hashable, _Lane] = {}
         self.queued_rows = 0
         self.queued_online_rows = 0
@@ -420,12 +434,22 @@ class SchedulerCore:
         Requests found expired on the way are appended to `self.expired`.
         """
         self.wakeup = None
-        if self.free <= 0 or self.queued_requests <= 0:
+        if self.queued_requests <= 0:
             return None
-        if self.running and not self._side_by_side(now):
+        background = (
+            self.background_batch and self.background is None and self.queued_online_rows == 0
+        )
+        if not background and (self.free <= 0 or (self.running and not self._side_by_side(now))):
             return None
         lane = self._pick_lane(now)
         if lane is None:
+            return None
+        if self.background_batch and lane.heap[0][0] == BATCH:
+            if not background:
+                return None
+            items, rows = self._take(lane, self._piece_rows(), 1 << 30)
+            return self._start(lane, items, rows, now, background=True) if items else None
+        if self.free <= 0 or (background and self.running and not self._side_by_side(now)):
             return None
         if self.policy == "slo":
             items, rows = self._take_slo(lane, now)
@@ -436,6 +460,12 @@ class SchedulerCore:
         if not items:
             return None
         return self._start(lane, items, rows, now)
+
+    def _piece_rows(self) -> int:
+        """Rows of a background piece: the most that L(b) says fit BACKGROUND_PIECE_S."""
+        table = self.latency.table_list
+        rows = bisect.bisect_right(table, BACKGROUND_PIECE_S, 1, self.cap + 1) - 1
+        return max(1, rows)
 
     def _side_by_side(self, now: float) -> bool:
         """Whether to start an execution beside the running ones: only when runs side
@@ -460,8 +490,17 @@ class SchedulerCore:
         """Several executors that really add throughput (see `_side_by_side`)."""
         return self.executors > 1 and self.latency.concurrency_factor < CONCURRENCY_PAYS * 2
 
-    def _start(self, lane: _Lane, items: list, rows: int, now: float) -> Batch:
+    def _start(
+        self, lane: _Lane, items: list, rows: int, now: float, background: bool = False
+    ) -> Batch:
         predicted = self.latency.predict(rows)
+        if background:
+            batch = Batch(lane.key, items, rows, predicted, now)
+            batch.online = False
+            batch.background = True
+            self.background = batch
+            self._count_batch(rows)
+            return batch
         if self.running:
             predicted *= max(1.0, self.latency.concurrency_factor)
         batch = Batch(lane.key, items, rows, predicted, now)
@@ -475,12 +514,15 @@ class SchedulerCore:
                 other.concurrent = True
         self.running.append(batch)
         self.free -= 1
+        self._count_batch(rows)
+        return batch
+
+    def _count_batch(self, rows: int) -> None:
         counts = self.counts
         counts.batches += 1
         counts.rows += rows
         sizes = counts.batch_sizes
         sizes[rows] = sizes.get(rows, 0) + 1
-        return batch
 
     def _pick_lane(self, now: float) -> _Lane | None:
         """The lane whose head is most urgent, after dropping dead and expired heads."""
@@ -736,9 +778,10 @@ class SchedulerCore:
         """An execution finished: free its executor, learn from it, and return
         the tickets now complete (every row done, not cancelled)."""
         self._release(batch, now)
-        elapsed = now - batch.start
-        overlap = batch.overlap / elapsed if batch.overlap > 0 and elapsed > 0 else 0.0
-        self.latency.observe(batch.rows, compute_s, overlap=overlap)
+        if not batch.background:  # a background piece's time includes preemption
+            elapsed = now - batch.start
+            overlap = batch.overlap / elapsed if batch.overlap > 0 and elapsed > 0 else 0.0
+            self.latency.observe(batch.rows, compute_s, overlap=overlap)
         complete = []
         for ticket, start, stop in batch.items:
             ticket.done += stop - start
@@ -762,6 +805,9 @@ class SchedulerCore:
         return failed
 
     def _release(self, batch: Batch, now: float) -> None:
+        if batch.background:
+            self.background = None
+            return
         if self.executors > 1:
             self._advance_overlap(now)
         self.running.remove(batch)
@@ -779,7 +825,7 @@ class SchedulerCore:
     # -- state ------------------------------------------------------------
 
     def idle(self) -> bool:
-        return self.queued_requests == 0 and not self.running
+        return self.queued_requests == 0 and not self.running and self.background is None
 
     def describe(self) -> dict[str, Any]:
         counts = self.counts
@@ -789,6 +835,8 @@ class SchedulerCore:
             "early_refusal": self.predictive,
             "executors": self.executors,
             "executors_busy": len(self.running),
+            "background_batch": self.background_batch,
+            "background_piece_rows": self._piece_rows() if self.background_batch else None,
             "max_batch_size": self.cap if self.batching else 0,
             "latency_quantile": self.latency.quantile,
             "latency_table": self.latency.table(),

@@ -15,8 +15,13 @@ Execution modes (`SchedulingSettings.execution`):
 - `thread`: run it on a pool of `executors` threads; the loop keeps admitting
   and refusing requests meanwhile (onnxruntime releases the GIL).
 - `auto` (default): with one executor, an online batch runs inline when its
-  predicted time is at most `inline_max_ms`, otherwise on the thread; batch-class
-  pieces always run on the thread; with several executors, always threads.
+  predicted time is at most `inline_max_ms`, otherwise on the thread; with
+  several executors, always threads.
+
+Batch-class pieces (except under `inline`) run in the core's *background*: on a
+thread of their own that the OS runs at the lowest priority (SCHED_IDLE, else
+nice 19), beside online executions, holding no executor. Online work then never
+waits for a piece, and the piece gets only the CPU online work leaves idle.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -80,6 +87,7 @@ class AsyncDispatcher:
         self.profile_budget_s = profile_budget_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._background_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -88,6 +96,7 @@ class AsyncDispatcher:
         self._last_activity = -1e9
         self.inline_batches = 0
         self.thread_batches = 0
+        self.background_batches = 0
         self.profile_s = 0.0
 
     # -- lifecycle --------------------------------------------------------
@@ -134,9 +143,10 @@ class AsyncDispatcher:
             self._idle = asyncio.Event()
             self._schedule()  # fixed policy: do not wait out the queue delay
             await self._idle.wait()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        for pool in (self._pool, self._background_pool):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._pool = self._background_pool = None
 
     # -- requests ---------------------------------------------------------
 
@@ -192,6 +202,9 @@ class AsyncDispatcher:
             if batch is None:
                 break
             self.metrics.queue_depth(self.model, self.version, core.queued_requests, core.queued_rows)
+            if batch.background:
+                self._run_background(batch)
+                continue
             if self._inline(batch):
                 self._run_inline(batch)
                 # let the loop admit what arrived meanwhile before the next batch
@@ -207,14 +220,7 @@ class AsyncDispatcher:
     def _inline(self, batch: Batch) -> bool:
         mode = self.execution
         if mode == "auto":
-            # Batch-class pieces always run on the thread: inline, they would stop the
-            # loop from reading online requests for the whole piece (measured: online
-            # goodput collapsed beside a batch job; on the thread it kept 0.98x).
-            return (
-                self.core.executors == 1
-                and batch.online
-                and batch.predicted <= self.inline_max_s
-            )
+            return self.core.executors == 1 and batch.predicted <= self.inline_max_s
         return mode == "inline"
 
     def _arm_timer(self, delay: float) -> None:
@@ -259,6 +265,16 @@ class AsyncDispatcher:
                 max_workers=self.core.executors, thread_name_prefix=f"kairos-{self.model}"
             )
         self._pool.submit(self._execute_threaded, batch)
+
+    def _run_background(self, batch: Batch) -> None:
+        self.background_batches += 1
+        if self._background_pool is None:
+            self._background_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=f"kairos-{self.model}-background",
+                initializer=_lowest_priority,
+            )
+        self._background_pool.submit(self._execute_threaded, batch)
 
     def _execute_threaded(self, batch: Batch) -> None:
         loop = self._loop
@@ -393,9 +409,25 @@ class AsyncDispatcher:
             inline_max_ms=self.inline_max_s * 1e3,
             inline_batches=self.inline_batches,
             thread_batches=self.thread_batches,
+            background_batches=self.background_batches,
             profile_s=self.profile_s,
         )
         return info
+
+
+def _lowest_priority() -> None:
+    """Make the calling thread the OS's last choice: SCHED_IDLE runs it only when no
+    other thread wants the CPU (Linux); elsewhere, nice 19 if the OS allows."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except (AttributeError, OSError):
+        log.warning("cannot lower the priority of the batch-class thread")
 
 
 def _select(outputs: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:

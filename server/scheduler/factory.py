@@ -37,6 +37,9 @@ def make_dispatcher(
         # Fields added after the first config schema: read with defaults so an
         # older SchedulingSettings still works.
         early_refusal=getattr(settings, "early_refusal", None),
+        # batch-class pieces run on a lowest-priority thread beside online work,
+        # except when everything is asked to run on the event loop
+        background_batch=execution != "inline",
     )
     return AsyncDispatcher(
         model=model,

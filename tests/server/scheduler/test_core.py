@@ -243,6 +243,25 @@ def test_batch_class_yields_when_online_work_arrives(clock, req):
     assert ids(core.next_batch(clock.now())) == ["online"]
 
 
+def test_background_pieces_hold_no_executor_and_teach_no_latency(clock, req):
+    """background_batch: one batch-class piece at a time runs beside online work, sized
+    to BACKGROUND_PIECE_S, started only while no online request is queued."""
+    core = make_core(max_batch=512, background_batch=True)
+    bulk = core.admit(req(request_id="bulk", rows=1000, slo=60.0, klass="batch"), clock.now())
+    piece = core.next_batch(clock.now())
+    # L(b) = 1 ms + 0.1 ms x b: 240 rows fit 25 ms
+    assert piece.background and piece.rows == 240 and core.free == 1
+    assert core.next_batch(clock.now()) is None  # one piece at a time
+    core.admit(req(request_id="online", slo=0.01), clock.now())
+    online = core.next_batch(clock.now())
+    assert ids(online) == ["online"] and not online.background  # did not wait for the piece
+    observations = core.latency.observations
+    core.finish(piece, clock.now(), 5.0)  # preempted for seconds: not a model time
+    assert core.latency.observations == observations and core.latency.predict(240) < 0.03
+    assert core.next_batch(clock.now()).background  # online running, none queued: next piece
+    assert not core.idle() and bulk.taken == 480
+
+
 def test_online_request_larger_than_max_batch_is_split(clock, req):
     core = make_core(max_batch=4)
     ticket = core.admit(req(rows=10, slo=1.0), clock.now())

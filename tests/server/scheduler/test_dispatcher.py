@@ -7,6 +7,7 @@ flight with an Event where a test needs a busy executor. No timing assertions.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import numpy as np
@@ -340,3 +341,45 @@ def test_hopeless_requests_are_judged_before_decoding(runner, clock, req):
         await asyncio.gather(first, queued)
 
     asyncio.run(main())
+
+
+def test_batch_class_pieces_run_in_the_background_and_online_work_does_not_wait(
+    clock, req, fake_runner_class
+):
+    """A batch-class piece runs on its own lowest-priority thread holding no executor:
+    an online request arriving while the piece runs is served before it ends."""
+
+    class BackgroundGated(fake_runner_class):
+        def __init__(self):
+            super().__init__(clock)
+            self.background_gate = threading.Event()
+            self.background_started = threading.Event()
+            self.policies: list[int] = []
+
+        def run(self, inputs, outputs):
+            if "background" in threading.current_thread().name:
+                self.policies.append(os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else -1)
+                self.background_started.set()
+                assert self.background_gate.wait(10)
+            return super().run(inputs, outputs)
+
+    runner = BackgroundGated()
+
+    async def main():
+        dispatcher = build(runner, clock, max_batch_size=4)
+        await dispatcher.start()
+        job = asyncio.ensure_future(dispatcher.submit(req(0, rows=10, slo=60.0, klass="batch")))
+        assert await asyncio.to_thread(runner.background_started.wait, 5)
+        online = await dispatcher.submit(req(100, rows=1, slo=1.0))
+        assert not job.done()  # the piece is still held: online did not wait for it
+        runner.background_gate.set()
+        result = await job
+        await dispatcher.close()
+        return online, result, dispatcher.describe()
+
+    online, result, info = asyncio.run(main())
+    np.testing.assert_array_equal(online["y"], np.full((1, 4), 201, np.float32))
+    np.testing.assert_array_equal(result["y"][:, 0], np.arange(10, dtype=np.float32) * 2 + 1)
+    assert info["background_batches"] == 3  # 10 rows in pieces of at most 4
+    if hasattr(os, "SCHED_IDLE"):
+        assert set(runner.policies) == {os.SCHED_IDLE}
