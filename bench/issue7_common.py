@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -172,6 +173,23 @@ def wait_ready(server: Server, model: str, timeout: float = 300) -> None:
 # ---------------------------------------------------------------- quiet machine, points
 
 
+# Extra `kairos serve` flags for every Kairos server a script starts (`--kairos-args`).
+KAIROS_ARGS: list[str] = []
+# Open-loop mlp256 at a 10 ms SLO: gRPC's core sheds calls beyond 4 waiting ones (about
+# 3 ms of front-end work queued), so those that reach the scheduler still have slack.
+PENDING_LIMIT_ARGS = "--max-pending-rpcs 4"
+
+
+def add_kairos_args(parser: Any, default: str = "") -> None:
+    parser.add_argument("--kairos-args", default=default,
+                        help=f"extra `kairos serve` flags for every Kairos server (default: {default!r})")
+
+
+def use_kairos_args(text: str) -> list[str]:
+    KAIROS_ARGS[:] = shlex.split(text)
+    return list(KAIROS_ARGS)
+
+
 class KairosHandle:
     """A Kairos server that can be restarted between points.
 
@@ -191,7 +209,7 @@ class KairosHandle:
         self.server: Server
 
     def start(self) -> None:
-        self._cm = kairos_server(self.repo, *self.extra)
+        self._cm = kairos_server(self.repo, *KAIROS_ARGS, *self.extra)
         self.server = self._cm.__enter__()
         for model in self.models:
             wait_ready(self.server, model)

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from issue7_common import (
+    PENDING_LIMIT_ARGS,
     KairosHandle,
+    add_kairos_args,
     config,
     floor_server,
     measure,
@@ -33,6 +35,7 @@ from issue7_common import (
     models_folder,
     pin_generator,
     save,
+    use_kairos_args,
     write_model,
 )
 
@@ -123,6 +126,7 @@ def peaks_and_sweeps(floor, kairos: KairosHandle, fractions: list[float], durati
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="c=1 alternations")
+    add_kairos_args(parser, PENDING_LIMIT_ARGS)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per point")
     parser.add_argument("--generator-rate", type=float, default=5000.0)
     parser.add_argument("--fractions", default=",".join(map(str, SWEEP_FRACTIONS)),
@@ -131,12 +135,13 @@ def main() -> None:
                         help="comma-separated parts to (re)measure: c1, peaks, generator; "
                         "the others are kept from the previous results file")
     args = parser.parse_args()
+    kairos_args = use_kairos_args(args.kairos_args)
     parts = {p.strip() for p in args.only.split(",") if p.strip()}
     if not parts <= set(PARTS):
         raise SystemExit(f"--only takes {', '.join(PARTS)}")
     pin_generator()
     out = measure_parts(args, parts)
-    out.update({"model": MODEL, "slo_ms": 10.0, "rows": 1})
+    out.update({"model": MODEL, "slo_ms": 10.0, "rows": 1, "kairos_args": kairos_args})
     out[f"command_{'_'.join(sorted(parts))}"] = " ".join(sys.argv)
     path = save("issue7_floor", out, merge=True)
     data = json.loads(path.read_text())

@@ -4,7 +4,9 @@
    find Kairos's peak goodput by sweeping the offered rate, then offer 2x that
    rate; goodput must stay >= 0.9x peak, the excess refused fast.
 2. Front-end-bound (`mlp256`, SLO 10 ms): the same at 2x mlp256's peak
-   (goodput >= 0.5x peak), beside the floor at the same 2x rate.
+   (goodput >= 0.5x peak), Kairos started with `--kairos-args` (default
+   `--max-pending-rpcs 4`: gRPC's core sheds calls beyond 4 waiting ones); then
+   Kairos without those flags, and the floor, at the same 2x rate.
 3. The CPU a refusal costs the server: server CPU per request at a fixed rate
    for answered requests (floor and Kairos) and for requests Kairos refuses
    (`timeout` parameter of 1 us, no gRPC deadline: refused at admission).
@@ -23,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from issue7_common import (
+    PENDING_LIMIT_ARGS,
     RESULTS,
     KairosHandle,
+    add_kairos_args,
     config,
     floor_server,
     measure,
@@ -34,6 +38,7 @@ from issue7_common import (
     models_folder,
     pin_generator,
     save,
+    use_kairos_args,
     write_model,
 )
 
@@ -76,6 +81,9 @@ def model_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
 
 
 def front_end_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
+    """Kairos with `--kairos-args` (default: gRPC's core sheds beyond 4 waiting calls)
+    finds its peak and takes 2x that rate; Kairos without them takes the same 2x rate,
+    and so does the floor."""
     write_model(repo, LIGHT, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
     with floor_server() as floor, KairosHandle(repo, [LIGHT]) as kairos:
         rates = light_rates(args.light_rates)
@@ -85,10 +93,16 @@ def front_end_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         floor_over = point(floor, LIGHT, "floor 2x", rates=[2 * peak_rate], duration_s=args.duration)
         refusal = refusal_cost(floor, kairos, args.cost_rate, args.duration)
         restarts = kairos.restarts
+    plain_args = use_kairos_args("")
+    with KairosHandle(repo, [LIGHT]) as plain:
+        plain_over = point(plain, LIGHT, "mlp256 2x, no flags", rates=[2 * peak_rate], duration_s=args.duration)
     return {"sweep": sweep, "peak_goodput": best["goodput"], "peak_rate": peak_rate,
             "overload": over, "floor_overload": floor_over, "kairos_restarts": restarts,
             "ratio": round(over["goodput"] / best["goodput"], 4) if best["goodput"] else None,
-            "refusal_cost": refusal}
+            "refusal_cost": refusal, "kairos_args": args.kairos_args,
+            "without_kairos_args": {"kairos_args": " ".join(plain_args), "overload": plain_over,
+                                    "ratio": round(plain_over["goodput"] / best["goodput"], 4)
+                                    if best["goodput"] else None}}
 
 
 def light_rates(text: str | None) -> list[float]:
@@ -122,15 +136,18 @@ def main() -> None:
                         "(default: 0.6-1.3x the peak found by bench/issue7_floor.py)")
     parser.add_argument("--cost-rate", type=float, default=1000.0, help="rate for the refusal-cost points")
     parser.add_argument("--skip-heavy", action="store_true")
+    add_kairos_args(parser, PENDING_LIMIT_ARGS)
     parser.add_argument("--skip-light", action="store_true")
     args = parser.parse_args()
     pin_generator()
     out: dict[str, Any] = {}
     if not args.skip_light:
+        use_kairos_args(args.kairos_args)
         with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
             out["front_end_bound"] = front_end_bound(args, Path(tmp))
         save("issue7_overload", out, merge=True)
     if not args.skip_heavy:
+        use_kairos_args("")  # closed loop c=32 finds its capacity: no shedding there
         with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
             out["model_bound"] = model_bound(args, Path(tmp))
         save("issue7_overload", out, merge=True)

@@ -23,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from issue7_common import (
+    PENDING_LIMIT_ARGS,
     RESULTS,
     KairosHandle,
+    add_kairos_args,
     measure_kairos,
     mlp256_file,
     models_folder,
     pin_generator,
     save,
+    use_kairos_args,
     write_model,
 )
 
@@ -53,9 +56,11 @@ def known_peak() -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--peak", type=float, help="Kairos peak goodput on mlp256, req/s")
+    add_kairos_args(parser, PENDING_LIMIT_ARGS)
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--fractions", default=",".join(map(str, POLICY_FRACTIONS)))
     args = parser.parse_args()
+    kairos_args = use_kairos_args(args.kairos_args)
     pin_generator()
     peak = args.peak or known_peak()
     if not peak:
@@ -64,7 +69,8 @@ def main() -> None:
     policy_rates = [round(f * peak, -1) for f in fractions]
     split_rates = [round(f * peak, -1) for f in SPLIT_FRACTIONS]
     out: dict[str, Any] = {"peak_used": peak, "policy_rates": policy_rates, "split_rates": split_rates,
-                           "policies": {name: [] for name in POLICIES}, "slo_low_load": []}
+                           "policies": {name: [] for name in POLICIES}, "slo_low_load": [],
+                           "kairos_args": kairos_args}
     with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
         repo = Path(tmp)
         source = mlp256_file(models_folder())

@@ -144,12 +144,10 @@ def floor_section(d: dict[str, Any]) -> list[str]:
     lines = [
         "### Floor vs Kairos (mlp256, 1 row, SLO 10 ms)",
         "",
-        # The full run predates KAIROS_BENCH_REPEATS; its default then was 2.
-        f"    KAIROS_BENCH_REPEATS=2 {LOCK} bench/issue7_floor.py",
-        *[f"    KAIROS_BENCH_REPEATS=1 {LOCK} {cmd}" for key, cmd in sorted(d.items())
-          if key.startswith("command_") and key != "command_c1_generator_peaks"],
+        *[f"    {LOCK} {cmd}" for key, cmd in sorted(d.items()) if key.startswith("command_")],
         "",
-        "(a second command re-measured the parts it names later; the table quotes the latest)",
+        "(where there are several commands, a later one re-measured the parts it names; the table "
+        f"quotes the latest. Kairos flags: `{' '.join(d.get('kairos_args') or []) or 'none'}`)",
         "",
         "| figure | floor | Kairos | target | |",
         "|---|---|---|---|---|",
@@ -204,6 +202,14 @@ def overload_section(d: dict[str, Any]) -> list[str]:
             f"(target >= {target}x: {verdict((part['ratio'] or 0) >= target)}); answered late: {late}; "
             f"refusals: {errs or 'none'}; generator lateness p99 {over['lateness_ms']['p99']} ms.",
         ]
+        if part.get("kairos_args"):
+            lines.append(f"  Kairos flags: `{part['kairos_args']}`.")
+        if "without_kairos_args" in part:
+            plain = part["without_kairos_args"]
+            po = plain["overload"]
+            lines.append(f"  The same 2x rate on Kairos without those flags: goodput {po['goodput']:.1f}/s = "
+                         f"**{plain['ratio']:.2f}x** peak; errors "
+                         + ", ".join(f"{n} {e['count']}" for n, e in po["errors"].items()) + ".")
         if key == "front_end_bound" and "floor_overload" in part:
             fo = part["floor_overload"]
             lines.append(f"  The floor at the same {fo['offered_rate']:.0f}/s: goodput {fo['goodput']:.1f}/s.")
@@ -224,7 +230,8 @@ def policies_section(d: dict[str, Any]) -> list[str]:
         "",
         f"    {LOCK} {d.get('command', 'bench/issue7_policies.py')}",
         "",
-        f"(rates are fractions of the peak goodput found by issue7_floor.py: {d['peak_used']:.0f} req/s)",
+        f"(rates are fractions of the peak goodput found by issue7_floor.py: {d['peak_used']:.0f} req/s; "
+        f"Kairos flags: `{' '.join(d.get('kairos_args') or []) or 'none'}`)",
         "",
         "| offered | " + " | ".join(n.split("-", 1)[1] for n in names) + " | slo best? |",
         "|---|" + "---|" * (len(names) + 1),
