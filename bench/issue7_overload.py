@@ -69,7 +69,8 @@ def model_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
         closed = point(kairos, HEAVY, "heavy closed c=32", concurrency=32, deadline_ms=0,
                        slo_ms=HEAVY_SLO_MS, duration_s=args.duration)
         capacity = closed["throughput"]
-        rates = [round(capacity * f, 1) for f in (0.6, 0.8, 0.9, 1.0, 1.1)]
+        # the low rates show the GEMV -> GEMM transition; the high ones find the peak
+        rates = [round(capacity * f, 1) for f in (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)]
         sweep, best = find_peak(kairos, HEAVY, rates, args.duration, HEAVY_SLO_MS, "heavy")
         peak_rate = best["offered_rate"]
         over = point(kairos, HEAVY, "heavy 2x", rates=[2 * peak_rate], duration_s=args.duration,

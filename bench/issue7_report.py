@@ -210,6 +210,15 @@ def overload_section(d: dict[str, Any]) -> list[str]:
             lines.append(f"  The same 2x rate on Kairos without those flags: goodput {po['goodput']:.1f}/s = "
                          f"**{plain['ratio']:.2f}x** peak; errors "
                          + ", ".join(f"{n} {e['count']}" for n, e in po["errors"].items()) + ".")
+        if key == "model_bound" and part["sweep"][0].get("server_batches"):
+            lines += ["", "  GEMV/GEMM split along this sweep (where the model, not the front end, is the "
+                      "bottleneck):", "",
+                      "  | offered | goodput | executions | batch-1 share | mean batch |", "  |---|---|---|---|---|"]
+            for p in sorted(part["sweep"] + [part["overload"]], key=lambda p: p["offered_rate"]):
+                b = p["server_batches"]
+                lines.append(f"  | {p['offered_rate']:.0f} | {p['goodput']:.1f} | {b['executions']} | "
+                             f"{b['gemv_share_executions'] * 100:.1f}% | {b['mean_batch_rows']} |")
+            lines.append("")
         if key == "front_end_bound" and "floor_overload" in part:
             fo = part["floor_overload"]
             lines.append(f"  The floor at the same {fo['offered_rate']:.0f}/s: goodput {fo['goodput']:.1f}/s.")
