@@ -13,6 +13,7 @@ warmup_runs: 3
 scheduling:
   policy: slo               # slo | fixed | none
   max_queue_delay_ms: 1     # fixed policy: longest wait for a preferred batch
+  busy_hold_ms: 1           # slo: longest hold of a short queue while the event loop is busy
   preferred_batch_sizes: [8, 16]
   max_queued_rows: 4096     # admission bound; beyond it RESOURCE_EXHAUSTED
   executors: 1              # concurrent model executions
@@ -47,6 +48,7 @@ class ConfigError(ValueError):
 class SchedulingSettings:
     policy: str = "slo"
     max_queue_delay_ms: float = 1.0
+    busy_hold_ms: float = 1.0
     preferred_batch_sizes: list[int] = field(default_factory=list)
     max_queued_rows: int = 4096
     executors: int = 1

@@ -34,6 +34,16 @@ online rows only). A queued request that can no longer finish in time (under
 without running. An idle server still admits one predicted-late request per
 PROBE_INTERVAL_S, so a model whose L(1) rose above every deadline relearns it.
 
+Holding (`slo`, online work, `busy_hold_s` > 0). When the server's event loop is
+busy (`pressure`: its recent busy fraction, fed by the owner), the front end and
+the model share one scarce core, and each batch-1 run spends on one request what a
+batch spends on many. So an idle executor does not take a short queue at once: it
+holds it until the queue reaches the highest-throughput batch size or for at most
+`busy_hold_s` after the head arrived, and never past the head's latest start
+(deadline - L(that size) - L(1)). Whether holds gather anything is learned (EWMA
+of rows gained per hold): closed-loop clients that wait for their answers bring
+nothing during a hold, and holding then stops, probing again now and then.
+
 Batch-class requests run only when no online request is queued, and in pieces;
 requests larger than one piece (or than max_batch_size) are split and the
 dispatcher reassembles the parts in order. Two ways to keep pieces from hurting
@@ -87,6 +97,13 @@ CONCURRENCY_PAYS = 0.7
 SIDE_BY_SIDE_PROBE = 256
 # Predicted length of one background batch-class piece (see `background_batch`).
 BACKGROUND_PIECE_S = 0.025
+# Holding (module docstring): only while the event loop is at least this busy, and
+# only while holds gather at least HOLD_MIN_GAIN rows on average (EWMA weight
+# HOLD_GAIN_WEIGHT), trying once per HOLD_PROBE dispatches otherwise.
+HOLD_PRESSURE = 0.5
+HOLD_MIN_GAIN = 0.5
+HOLD_GAIN_WEIGHT = 0.2
+HOLD_PROBE = 256
 
 
 class Ticket:
@@ -181,6 +198,7 @@ class CoreCounts:
     completed: int = 0
     failed: int = 0
     probes: int = 0  # admitted although predicted late, to relearn L(b) when idle
+    holds: int = 0  # short queues held back to gather a batch (slo, busy event loop)
     batches: int = 0
     rows: int = 0
     # dispatches by rows in the execution: the GEMV/GEMM split
@@ -202,6 +220,7 @@ class SchedulerCore:
         preferred_batch_sizes: Iterable[int] = (),
         early_refusal: bool | None = None,
         background_batch: bool = False,
+        busy_hold_s: float = 0.0,
     ):
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r} (known: {', '.join(POLICIES)})")
@@ -218,6 +237,11 @@ class SchedulerCore:
         self.predictive = policy == "slo" if early_refusal is None else early_refusal
         self.background_batch = background_batch
         self.background: Batch | None = None  # the running background piece
+        self.busy_hold_s = busy_hold_s if policy == "slo" else 0.0
+        self.pressure = 0.0  # recent busy fraction of the event loop, fed by the owner
+        self.hold_gain = 1.0  # EWMA of rows a hold gathered
+        self._hold: tuple[Hashable, int] | None = None  # (lane key, rows) when a hold began
+        self._hold_probe = 0  # counts.batches when a hold was last tried without gain
         self.lanes: dict[Hashable, _Lane] = {}
         self.queued_rows = 0
         self.queued_online_rows = 0
@@ -605,6 +629,8 @@ class SchedulerCore:
         behind it miss their next batch too (the overload spiral of small batches),
         expire the tight heads and take a batch of the size the load needs."""
         rank = lane.heap[0][0]
+        if self.busy_hold_s > 0 and self._held(lane, now, rank):
+            return [], 0
         cap = self._slo_cap(lane)
         items, rows, cut = self._greedy(lane, now, cap)
         if not cut or not self.predictive:
@@ -624,6 +650,39 @@ class SchedulerCore:
             return [], 0
         items, rows, _ = self._greedy(lane, now, cap)
         return items, rows
+
+    def _held(self, lane: _Lane, now: float, rank: int) -> bool:
+        """Whether to hold the lane's short queue to gather a batch (sets `wakeup`)."""
+        hold = self._hold
+        if hold is not None and hold[0] != lane.key:
+            hold = self._hold = None
+        target = self.latency.best_rows
+        if (rank != ONLINE or not self.batching or self.running or self.pressure < HOLD_PRESSURE
+                or lane.online_rows >= target):
+            self._end_hold(lane)
+            return False
+        if hold is None and self.hold_gain < HOLD_MIN_GAIN:
+            if self.counts.batches - self._hold_probe < HOLD_PROBE:
+                return False
+            self._hold_probe = self.counts.batches
+        table = self.latency.table_list
+        head = lane.heap[0]
+        until = min(head[4].arrival + self.busy_hold_s, head[2] - table[target] - table[1])
+        if now >= until:
+            self._end_hold(lane)
+            return False
+        if hold is None:
+            self._hold = (lane.key, lane.online_rows)
+            self.counts.holds += 1
+        self.wakeup = until
+        return True
+
+    def _end_hold(self, lane: _Lane) -> None:
+        """A held queue is dispatched: learn how many rows the hold gathered."""
+        hold = self._hold
+        if hold is not None:
+            self._hold = None
+            self.hold_gain += HOLD_GAIN_WEIGHT * (lane.online_rows - hold[1] - self.hold_gain)
 
     def _greedy(self, lane: _Lane, now: float, cap: int) -> tuple[list, int, bool]:
         """Take requests in queue order while the batch still finishes before every
@@ -843,6 +902,9 @@ class SchedulerCore:
             "slo_batch_size": self._operating_point()[0],
             "best_batch_size": self._operating_point()[1],
             "concurrency_factor": self.latency.concurrency_factor,
+            "busy_hold_ms": self.busy_hold_s * 1e3,
+            "pressure": round(self.pressure, 3),
+            "hold_gain": round(self.hold_gain, 3),
             # tightest recent online deadline budget: caps batch-class pieces
             "online_budget_ms": None if self.online_budget == _INF else self.online_budget * 1e3,
             "outliers_clamped": self.latency.clamped,
@@ -856,6 +918,7 @@ class SchedulerCore:
                 "completed": counts.completed,
                 "failed": counts.failed,
                 "probes": counts.probes,
+                "holds": counts.holds,
                 "batches": counts.batches,
                 "rows": counts.rows,
                 "batch1_dispatches": single,

@@ -53,6 +53,10 @@ PROFILE_MAX_RUNS = 40
 PROFILE_SIZE_BUDGET_S = 0.25
 # Eager dispatch of a lone request needs at least this much quiet before it.
 EAGER_MIN_GAP_S = 100e-6
+# The event loop's busy fraction (the core's `pressure`) is sampled at most this
+# often and smoothed with this weight.
+PRESSURE_WINDOW_S = 0.01
+PRESSURE_WEIGHT = 0.5
 
 
 class AsyncDispatcher:
@@ -94,6 +98,7 @@ class AsyncDispatcher:
         self._closing = False
         self._idle: asyncio.Event | None = None
         self._last_activity = -1e9
+        self._pressure_at = (-1.0, 0.0)  # (clock, event-loop thread CPU) at the last sample
         self.inline_batches = 0
         self.thread_batches = 0
         self.background_batches = 0
@@ -163,6 +168,8 @@ class AsyncDispatcher:
         self.metrics.queue_depth(self.model, self.version, core.queued_requests, core.queued_rows)
         gap = now - self._last_activity
         self._last_activity = now
+        if core.busy_hold_s > 0 and now - self._pressure_at[0] >= PRESSURE_WINDOW_S:
+            self._sample_pressure(now)
         if not self._scheduled and core.free > 0:
             if core.queued_requests == 1 and not core.running and gap > self._eager_gap():
                 # A lone request on an idle server after a quiet spell: dispatch now,
@@ -179,6 +186,19 @@ class AsyncDispatcher:
             if core.cancel(ticket):
                 self._maybe_idle()
             raise
+
+    def _sample_pressure(self, now: float) -> None:
+        """Feed the core the event loop's recent busy fraction: this thread's CPU time
+        (gRPC's front end, the scheduler, inline runs) over wall time."""
+        cpu = time.thread_time()
+        then, cpu_then = self._pressure_at
+        self._pressure_at = (now, cpu)
+        if then < 0:
+            return
+        wall = now - then
+        busy = min(1.0, (cpu - cpu_then) / wall) if wall < 10 * PRESSURE_WINDOW_S else 0.0
+        core = self.core
+        core.pressure += PRESSURE_WEIGHT * (busy - core.pressure)
 
     def _eager_gap(self) -> float:
         """Quiet time after which a lone request is dispatched without deferring."""

@@ -40,6 +40,7 @@ def make_dispatcher(
         # batch-class pieces run on a lowest-priority thread beside online work,
         # except when everything is asked to run on the event loop
         background_batch=execution != "inline",
+        busy_hold_s=getattr(settings, "busy_hold_ms", 0.0) / 1e3,
     )
     return AsyncDispatcher(
         model=model,
