@@ -330,9 +330,16 @@ def save(name: str, data: dict[str, Any], merge: bool = False) -> Path:
         data = {**json.loads(path.read_text()), **data}
     data = {**data, "script": name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(sys.argv)}
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (a bool or float from a computation) as plain JSON values."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def median(values: list[float]) -> float:
