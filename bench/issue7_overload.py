@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,11 +147,13 @@ def main() -> None:
         use_kairos_args(args.kairos_args)
         with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
             out["front_end_bound"] = front_end_bound(args, Path(tmp))
+        out["front_end_bound"]["command"] = " ".join(sys.argv)
         save("issue7_overload", out, merge=True)
     if not args.skip_heavy:
         use_kairos_args("")  # closed loop c=32 finds its capacity: no shedding there
         with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
             out["model_bound"] = model_bound(args, Path(tmp))
+        out["model_bound"]["command"] = " ".join(sys.argv)
         save("issue7_overload", out, merge=True)
     for key in ("model_bound", "front_end_bound"):
         if key in out:

@@ -27,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from issue7_common import (
+    PENDING_LIMIT_ARGS,
     RESULTS,
+    add_kairos_args,
     config,
     kairos_server,
     mlp256_file,
     models_folder,
     pin_generator,
     save,
+    use_kairos_args,
     wait_ready,
     write_model,
 )
@@ -101,6 +104,7 @@ def main() -> None:
                         "gRPC deadline, so admission refuses it (writes issue7_profile_refusal.json)")
     parser.add_argument("--from-raw", action="store_true",
                         help="recompute the attribution from the saved raw profile, without running")
+    add_kairos_args(parser, PENDING_LIMIT_ARGS)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
     if args.from_raw:  # re-attribute an earlier run (e.g. after changing PARTS)
@@ -116,7 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
         repo = Path(tmp)
         write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
-        with kairos_server(repo) as kairos:
+        with kairos_server(repo, *use_kairos_args(args.kairos_args)) as kairos:
             wait_ready(kairos, MODEL)  # a fresh server: its L(b) has not been disturbed yet
             name = "issue7_profile_refusal" if args.refused else "issue7_profile"
             raw = RESULTS / f"{name}.raw"
