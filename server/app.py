@@ -68,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 64; 0 = no limit)")
     parser.add_argument("--max-pending-rpcs", type=int, default=0,
                         help="calls gRPC may hold before the server reads them; beyond it gRPC's core "
-                             "refuses new calls with RESOURCE_EXHAUSTED without running any Python "
-                             "(cheap load shedding under overload; 0 = gRPC's default, 1000)")
+                             "refuses new calls at once without running any Python (the client sees "
+                             "CANCELLED): cheap load shedding under overload (default 0 = gRPC's own "
+                             "limits, 1000 soft / 3000 hard)")
     parser.add_argument("--drain-delay-seconds", type=float, default=0.0,
                         help="on shutdown, how long health answers NOT_SERVING (and inference "
                              "UNAVAILABLE) before the listener closes, so load balancers see it "

@@ -169,6 +169,8 @@ def _validate(settings: ModelSettings, where: str) -> None:
         raise ConfigError(f"{where}: scheduling.executors must be >= 1")
     if sched.max_queued_rows < 1:
         raise ConfigError(f"{where}: scheduling.max_queued_rows must be >= 1")
+    if sched.max_queue_delay_ms < 0 or sched.busy_hold_ms < 0:
+        raise ConfigError(f"{where}: scheduling.max_queue_delay_ms and busy_hold_ms must be >= 0")
     if sched.execution not in ("auto", "inline", "thread"):
         raise ConfigError(f"{where}: scheduling.execution must be one of auto, inline, thread")
     if sched.early_refusal is not None and not isinstance(sched.early_refusal, bool):

@@ -69,8 +69,8 @@ class LatencyModel:
         self.quantile = quantile
         self.buckets = bucket_sizes(self.max_rows)
         self._windows: dict[int, deque[float]] = {b: deque(maxlen=window) for b in self.buckets}
-        # each bucket's own runs only (no spread values): what spreading scales, so that
-        # spreads never compound on spreads
+        # each bucket's own runs only (no spread values): their median caps what spreading
+        # may credit the bucket, so spreads cannot compound without bound
         self._own: dict[int, deque[float]] = {b: deque(maxlen=window) for b in self.buckets}
         self._own_median: dict[int, float] = {}
         self._counts: dict[int, int] = dict.fromkeys(self.buckets, 0)

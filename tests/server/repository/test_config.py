@@ -41,6 +41,8 @@ def test_yaml_and_toml(tmp_path):
         ({"graph_optimization": "max"}, "graph_optimization"),
         ({"intra_op_threads": "two"}, "'intra_op_threads' must be int"),
         ({"scheduling": {"policy": "greedy"}}, "scheduling.policy"),
+        ({"scheduling": {"busy_hold_ms": -1}}, "busy_hold_ms must be >= 0"),
+        ({"scheduling": {"latency_quantile": 0.2}}, "latency_quantile"),
         ({"version_policy": {"latest": 0}}, "version_policy"),
         ({"providers": "CPUExecutionProvider"}, "providers"),
     ],
