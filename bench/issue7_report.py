@@ -242,7 +242,9 @@ def policies_section(d: dict[str, Any]) -> list[str]:
         f"    {LOCK} {d.get('command', 'bench/issue7_policies.py')}",
         "",
         f"(rates are fractions of the peak goodput found by issue7_floor.py: {d['peak_used']:.0f} req/s; "
-        f"Kairos flags: `{' '.join(d.get('kairos_args') or []) or 'none'}`)",
+        f"Kairos flags: `{' '.join(d.get('kairos_args') or []) or 'none'}`"
+        + (f"; median of {d['rounds']} alternated rounds, every round in brackets)" if d.get("rounds", 1) > 1
+           else ")"),
         "",
         "| offered | " + " | ".join(n.split("-", 1)[1] for n in names) + " | slo best? |",
         "|---|" + "---|" * (len(names) + 1),
@@ -252,7 +254,10 @@ def policies_section(d: dict[str, Any]) -> list[str]:
         if None in goods:
             continue
         best = goods[0] >= max(goods)
-        lines.append(f"| {rate:.0f} | " + " | ".join(f"{g:.0f}" for g in goods) + f" | {'yes' if best else '**no**'} |")
+        rounds = d.get("policies_rounds")
+        cells = [f"{g:.0f}" if not rounds else f"{g:.0f} ({'/'.join(f'{r:.0f}' for r in rounds[n][i])})"
+                 for g, n in zip(goods, names, strict=True)]
+        lines.append(f"| {rate:.0f} | " + " | ".join(cells) + f" | {'yes' if best else '**no**'} |")
     lines += ["", "![policies](docs/bench_policies.png)", "", "GEMV/GEMM split (slo policy):", "",
               "| offered | executions | batch-1 share | rows in batch 1 | mean batch |", "|---|---|---|---|---|"]
     for p in split_points(d):
