@@ -40,9 +40,10 @@ the model share one scarce core, and each batch-1 run spends on one request what
 batch spends on many. So an idle executor does not take a short queue at once: it
 holds it until the queue reaches the highest-throughput batch size or for at most
 `busy_hold_s` after the head arrived, and never past the head's latest start
-(deadline - L(that size) - L(1)). Whether holds gather anything is learned (EWMA
-of rows gained per hold): closed-loop clients that wait for their answers bring
-nothing during a hold, and holding then stops, probing again now and then.
+(deadline - L(queued rows + 1) - L(1), re-judged at every arrival). Whether holds
+gather anything is learned (EWMA of rows gained per hold): closed-loop clients that
+wait for their answers bring nothing during a hold, and holding then stops, probing
+again now and then.
 
 Batch-class requests run only when no online request is queued, and in pieces;
 requests larger than one piece (or than max_batch_size) are split and the
@@ -667,7 +668,10 @@ class SchedulerCore:
             self._hold_probe = self.counts.batches
         table = self.latency.table_list
         head = lane.heap[0]
-        until = min(head[4].arrival + self.busy_hold_s, head[2] - table[target] - table[1])
+        # latest start: the queue so far plus one more arrival must still make the
+        # head's deadline (re-judged at every arrival, as the queue grows)
+        rows = min(lane.online_rows + 1, self.cap)
+        until = min(head[4].arrival + self.busy_hold_s, head[2] - table[rows] - table[1])
         if now >= until:
             self._end_hold(lane)
             return False

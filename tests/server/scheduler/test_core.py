@@ -293,7 +293,7 @@ def test_no_hold_when_idle_full_or_short_of_slack(clock, req):
         full.admit(req(slo=0.010), clock.now())
     assert full.next_batch(clock.now()).rows == 8
     tight = busy_core()
-    tight.admit(req(slo=0.0025), clock.now())  # 2.5 ms < L(8) + L(1) = 2.9 ms
+    tight.admit(req(slo=0.002), clock.now())  # 2 ms < L(1 queued + 1 more) + L(1) = 2.3 ms
     assert tight.next_batch(clock.now()).rows == 1
     fixed = busy_core(policy="fixed", preferred_batch_sizes=[1])
     fixed.admit(req(), clock.now())
