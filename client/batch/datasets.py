@@ -11,6 +11,7 @@ data is read, so a mismatch with the model is reported before a request is sent.
 
 from __future__ import annotations
 
+import abc
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -63,20 +64,20 @@ def open_dataset(path: Path, npy_name: str = "input") -> DatasetReader:
         raise DatasetError(f"{path}: cannot read it as {suffix}: {exc}") from None
 
 
-class DatasetReader:
+class DatasetReader(abc.ABC):
     """Base: `columns`, `num_rows`, and `chunks(start, size)` of dicts name -> array."""
 
     path: Path
     columns: dict[str, Column]
     num_rows: int
 
+    @abc.abstractmethod
     def chunks(
         self, start: int, size: int, names: Sequence[str]
     ) -> Iterator[dict[str, np.ndarray]]:
         """Consecutive chunks of `size` rows (the last may be shorter) from row `start`."""
-        raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless the reader holds open files
         """Release open files (mappings go with their arrays)."""
 
 

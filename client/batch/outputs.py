@@ -14,6 +14,7 @@ OUT itself only ever appears complete:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import shutil
@@ -46,7 +47,7 @@ def _spec(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": array.dtype.str, "row_shape": list(array.shape[1:])}
 
 
-class OutputStore:
+class OutputStore(abc.ABC):
     """Base class: `write(start, outputs)` in row order, `flush()`, `finalize()`."""
 
     def __init__(self, output: Path, total_rows: int):
@@ -94,20 +95,25 @@ class OutputStore:
     def state(self) -> dict[str, Any]:
         return {"specs": self.specs}
 
+    @abc.abstractmethod
     def _reopen(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Resume from a checkpoint `state`: reopen the parts written so far."""
 
+    @abc.abstractmethod
     def _create(self) -> None:
-        raise NotImplementedError
+        """Start a new output: create the parts folder and files."""
 
+    @abc.abstractmethod
     def _write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
-        raise NotImplementedError
+        """Store the outputs of rows `start`.. (called in row order)."""
 
+    @abc.abstractmethod
     def flush(self) -> None:
-        raise NotImplementedError
+        """Make everything written so far durable (before a checkpoint)."""
 
+    @abc.abstractmethod
     def finalize(self) -> None:
-        raise NotImplementedError
+        """Assemble the parts into OUT, atomically."""
 
     def discard(self) -> None:
         """Remove the parts folder (after finalize)."""
