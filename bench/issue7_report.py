@@ -38,6 +38,12 @@ def _cdf(ax, points: list[dict], label: str) -> None:
     ax.plot(cdf, [i / (len(cdf) - 1) for i in range(len(cdf))], label=f"{label} (p50 {best['latency_ms']['p50']:.3f} ms)")
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_floor(data: dict[str, Any], path: Path) -> None:
     plt = require_matplotlib()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -61,9 +67,7 @@ def plot_floor(data: dict[str, Any], path: Path) -> None:
     right.set(xlabel="offered load (req/s, Poisson)", ylabel="req/s", title="goodput@10ms vs offered load")
     right.grid(True, alpha=0.3)
     right.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_overload(data: dict[str, Any], path: Path) -> None:
@@ -84,9 +88,7 @@ def plot_overload(data: dict[str, Any], path: Path) -> None:
         ax.set(xlabel="offered load (req/s)", ylabel="req/s", title=f"overload: {title}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_policies(data: dict[str, Any], path: Path) -> None:
@@ -99,9 +101,7 @@ def plot_policies(data: dict[str, Any], path: Path) -> None:
     ax.set(xlabel="offered load (req/s)", ylabel="goodput@10ms (req/s)", title="policies on one server, mlp256, 1 row")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def split_points(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,9 +124,7 @@ def plot_split(data: dict[str, Any], path: Path) -> None:
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize="small", loc="center left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # ---------------------------------------------------------------- text
