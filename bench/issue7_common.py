@@ -32,6 +32,10 @@ from kairos.server.demo_models import MLP256_SIZES, MLP_HEAVY_SIZES, build_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from kairos_testing.server import stop_process, wait_for_ports  # noqa: E402
+
 SERVER_CORE = 0
 GENERATOR_CORE = 1
 DISTURBED_CORES = 0.15  # others using more than this much CPU during a window: repeat it
@@ -109,18 +113,6 @@ class Server:
         return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
 
 
-def _wait_port_file(path: Path, process: subprocess.Popen, log: Path, timeout: float) -> dict:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        if path.exists() and path.stat().st_size:
-            with contextlib.suppress(json.JSONDecodeError):
-                return json.loads(path.read_text())
-        time.sleep(0.1)
-    raise TimeoutError(f"server did not start in {timeout}s:\n{log.read_text()[-3000:]}")
-
-
 @contextlib.contextmanager
 def _process(name: str, command: list[str], timeout: float) -> Iterator[Server]:
     workdir = Path(tempfile.mkdtemp(prefix=f"kairos-bench-{name}-"))
@@ -130,16 +122,10 @@ def _process(name: str, command: list[str], timeout: float) -> Iterator[Server]:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        ports = _wait_port_file(port_file, process, log, timeout)
+        ports = wait_for_ports(port_file, process, log, timeout)
         yield Server(name, process, ports["grpc_port"], ports.get("metrics_port"), log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(process, grace=20)
 
 
 def floor_server(raw: bool = False) -> contextlib.AbstractContextManager[Server]:

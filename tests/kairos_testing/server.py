@@ -36,7 +36,8 @@ class ServerProcess:
         return self.process.poll() is None
 
 
-def _wait_for_ports(port_file: Path, process: subprocess.Popen, log: Path, timeout: float) -> dict:
+def wait_for_ports(port_file: Path, process: subprocess.Popen, log: Path, timeout: float) -> dict:
+    """The ports a starting server writes to `--port-file`; raises if it dies or times out."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if process.poll() is not None:
@@ -96,7 +97,7 @@ def running_server(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
     try:
-        ports = _wait_for_ports(port_file, process, log_path, timeout)
+        ports = wait_for_ports(port_file, process, log_path, timeout)
         server = ServerProcess(process, ports["grpc_port"], ports["metrics_port"], log_path)
         if credentials is not None:
             wait_serving(server.address, timeout, credentials)
