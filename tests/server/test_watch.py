@@ -33,6 +33,14 @@ def write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def watching(root: Path, fail: bool = False) -> tuple[FakeRepository, RepositoryWatcher]:
+    """A watcher over `root` that has already seen its current contents."""
+    repository = FakeRepository(root, fail=fail)
+    watcher = RepositoryWatcher(repository)
+    watcher._seen = watcher.snapshot()
+    return repository, watcher
+
+
 def polls(watcher: RepositoryWatcher, count: int) -> list[list[str]]:
     async def run() -> list[list[str]]:
         return [await watcher.poll() for _ in range(count)]
@@ -52,18 +60,14 @@ def test_fingerprint_changes_with_content_and_files(tmp_path: Path):
 
 def test_nothing_changed_nothing_done(tmp_path: Path):
     write(tmp_path / "m" / "1" / "model.onnx", b"a")
-    repository = FakeRepository(tmp_path)
-    watcher = RepositoryWatcher(repository)
-    watcher._seen = watcher.snapshot()
+    repository, watcher = watching(tmp_path)
     assert polls(watcher, 3) == [[], [], []]
     assert repository.calls == []
 
 
 def test_a_change_is_reloaded_once_stable(tmp_path: Path):
     write(tmp_path / "m" / "1" / "model.onnx", b"a")
-    repository = FakeRepository(tmp_path)
-    watcher = RepositoryWatcher(repository)
-    watcher._seen = watcher.snapshot()
+    repository, watcher = watching(tmp_path)
     write(tmp_path / "m" / "1" / "model.onnx", b"new weights")
     assert polls(watcher, 1) == [[]]  # seen once: maybe still being written
     assert polls(watcher, 2) == [["m"], []]  # stable: reloaded exactly once
@@ -73,9 +77,7 @@ def test_a_change_is_reloaded_once_stable(tmp_path: Path):
 
 def test_a_file_still_changing_waits(tmp_path: Path):
     write(tmp_path / "m" / "1" / "model.onnx", b"a")
-    repository = FakeRepository(tmp_path)
-    watcher = RepositoryWatcher(repository)
-    watcher._seen = watcher.snapshot()
+    repository, watcher = watching(tmp_path)
     for size in range(1, 4):  # a copy in progress: different on every poll
         write(tmp_path / "m" / "1" / "model.onnx", b"x" * size)
         assert polls(watcher, 1) == [[]]
@@ -85,9 +87,7 @@ def test_a_file_still_changing_waits(tmp_path: Path):
 
 def test_new_and_removed_models(tmp_path: Path):
     write(tmp_path / "old" / "1" / "model.onnx", b"a")
-    repository = FakeRepository(tmp_path)
-    watcher = RepositoryWatcher(repository)
-    watcher._seen = watcher.snapshot()
+    repository, watcher = watching(tmp_path)
     write(tmp_path / "new" / "1" / "model.onnx", b"b")
     (tmp_path / "old" / "1" / "model.onnx").unlink()
     (tmp_path / "old" / "1").rmdir()
@@ -98,9 +98,7 @@ def test_new_and_removed_models(tmp_path: Path):
 
 def test_a_failed_reload_is_not_retried_until_the_files_change_again(tmp_path: Path):
     write(tmp_path / "m" / "1" / "model.onnx", b"a")
-    repository = FakeRepository(tmp_path, fail=True)
-    watcher = RepositoryWatcher(repository)
-    watcher._seen = watcher.snapshot()
+    repository, watcher = watching(tmp_path, fail=True)
     write(tmp_path / "m" / "1" / "model.onnx", b"broken")
     polls(watcher, 4)
     assert repository.calls == [("load", "m")]
