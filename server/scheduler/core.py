@@ -474,8 +474,8 @@ class SchedulerCore:
                 return None
             items, rows = self._take(lane, self._piece_rows(), 1 << 30)
             return self._start(lane, items, rows, now, background=True) if items else None
-        if self.free <= 0 or (background and self.running and not self._side_by_side(now)):
-            return None
+        # here the head is online work, so `background` was False and the executor
+        # checks above applied
         if self.policy == "slo":
             items, rows = self._take_slo(lane, now)
         elif self.policy == "fixed":
