@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kairos.protos import grpc_service_pb2 as pb
 
-from .metrics import NULL_METRICS, MetricsSink
+from .metrics import MetricsSink
 from .repository import ModelRepository
 from .security import BearerTokenInterceptor, SecurityConfigError, load_tokens, server_credentials
 from .statistics import FanoutMetrics, StatisticsRecorder
@@ -93,10 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _make_metrics() -> MetricsSink:
-    try:
-        from .metrics.prometheus import PrometheusMetrics
-    except ImportError:
-        return NULL_METRICS
+    # prometheus-client is a hard dependency: an import failure is a broken install.
+    from .metrics.prometheus import PrometheusMetrics
+
     return PrometheusMetrics()
 
 
