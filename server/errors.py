@@ -65,3 +65,10 @@ class InternalError(KairosError):
     """The model failed while running this request (INTERNAL)."""
 
     reason = "internal"
+
+
+class InternalBug(InternalError):
+    """Kairos itself failed (a bug, not the model's fault) while serving this request
+    (INTERNAL). Logged with its traceback and counted apart, as reason `internal_bug`."""
+
+    reason = "internal_bug"

@@ -5,7 +5,8 @@ layer can be used (and tested) without metrics. `prometheus.PrometheusMetrics`
 is the real implementation exported on the metrics HTTP port.
 
 Outcome labels for `request_finished`: success, invalid_argument, not_found,
-unavailable, refused_admission, limit_exceeded, deadline_exceeded, cancelled, internal.
+unavailable, refused_admission, limit_exceeded, deadline_exceeded, cancelled, internal
+(the model failed), internal_bug (Kairos itself failed: a bug, logged with its traceback).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ PREDICTION_RATIO_BUCKETS: tuple[float, ...] = (
 # created at 0 up front so ratios and `rate()` work before the first failure.
 FAILURE_REASONS: tuple[str, ...] = (
     "invalid_argument", "not_found", "unavailable", "refused_admission",
-    "limit_exceeded", "deadline_exceeded", "cancelled", "internal",
+    "limit_exceeded", "deadline_exceeded", "cancelled", "internal", "internal_bug",
 )
 MODEL_STATES: tuple[str, ...] = ("READY", "LOADING", "UNAVAILABLE", "UNLOADING", "UNLOADED")
 REQUEST_CLASSES: tuple[str, ...] = ("online", "batch")

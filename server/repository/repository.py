@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..backend.onnx_backend import ModelLoadError, OnnxBackend
-from ..errors import InvalidInput, ModelNotFound, ModelUnavailable
+from ..errors import InvalidInput, KairosError, ModelNotFound, ModelUnavailable
 from ..metrics import NULL_METRICS, MetricsSink
 from ..types import ModelSignature
 from .config import ConfigError, ModelSettings, load_settings
-from .passthrough import PassThroughDispatcher
 
 log = logging.getLogger("kairos.repository")
 
@@ -36,11 +35,8 @@ DispatcherFactory = Callable[..., Any]
 
 
 def _default_dispatcher_factory() -> DispatcherFactory:
-    try:
-        from ..scheduler.factory import make_dispatcher
-    except ImportError:  # scheduler not built into this tree: run requests one by one
-        def make_dispatcher(*, model, version, runner, metrics, **_):  # type: ignore[no-redef]
-            return PassThroughDispatcher(model, version, runner, metrics)
+    from ..scheduler.factory import make_dispatcher
+
     return make_dispatcher
 
 
@@ -188,9 +184,13 @@ class ModelRepository:
             version = str(number)
             try:
                 fresh[version] = self._build_version(name, version, folder / version, settings)
-            except (ModelLoadError, Exception) as exc:  # noqa: BLE001 - any failure is this version's reason
+            except (ModelLoadError, KairosError) as exc:  # the model's fault (load, warm-up, profile)
                 log.warning("model %s version %s failed to load: %s", name, version, exc)
-                failed[version] = str(exc) or type(exc).__name__
+                failed[version] = str(exc)
+                self.metrics.model_state(name, version, "UNAVAILABLE")
+            except Exception as exc:  # a bug (ours or a library's): keep the traceback
+                log.exception("model %s version %s failed to load (unexpected error)", name, version)
+                failed[version] = f"unexpected error: {type(exc).__name__}: {exc}"
                 self.metrics.model_state(name, version, "UNAVAILABLE")
         return fresh, failed
 

@@ -15,6 +15,4 @@ with a synthetic runner and clock.
 - `factory.make_dispatcher`: what the repository calls per model version.
 - `simulator`: a deterministic discrete-event simulator of the core with
   synthetic traces and L(b).
-- `microbench`: per-request overhead of the core and the dispatcher
-  (`python -m kairos.server.scheduler.microbench`).
 """

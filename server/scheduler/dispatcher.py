@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeadlineExceeded, InternalError, KairosError, ShuttingDown
+from ..errors import DeadlineExceeded, InternalBug, InternalError, KairosError, ShuttingDown
 from ..metrics import NULL_METRICS, MetricsSink
 from ..types import InferenceRequest
 from .core import Batch, SchedulerCore, Ticket
@@ -57,6 +57,14 @@ EAGER_MIN_GAP_S = 100e-6
 # often and smoothed with this weight.
 PRESSURE_WINDOW_S = 0.01
 PRESSURE_WEIGHT = 0.5
+
+
+class ModelFailed(Exception):
+    """The runner (the model) raised `error` while running a batch."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class AsyncDispatcher:
@@ -263,8 +271,11 @@ class AsyncDispatcher:
         self.inline_batches += 1
         try:
             outputs, compute = self._execute(batch)
-        except Exception as exc:  # the model failed: its requests fail, the server lives
-            self._failed(batch, exc)
+        except ModelFailed as exc:  # the model failed: its requests fail, the server lives
+            self._failed(batch, exc.error)
+            return
+        except Exception as exc:  # a bug of ours (gathering inputs): surface it
+            self._bug(batch, exc, "gathering a batch's inputs")
             return
         self._finish(batch, outputs, compute)
 
@@ -272,11 +283,17 @@ class AsyncDispatcher:
         try:
             self._done(batch, outputs, compute)
         except Exception as exc:  # a bug of ours: never leave requests waiting forever
-            log.exception("%s/%s: completing a batch failed", self.model, self.version)
-            if batch in self.core.running:
-                self.core.fail(batch, self.clock.now())
-            for ticket, _, _ in batch.items:
-                self._reject(ticket, InternalError(f"scheduler error: {exc}"))
+            self._bug(batch, exc, "completing a batch")
+
+    def _bug(self, batch: Batch, exc: Exception, doing: str) -> None:
+        """Kairos's own failure: logged with its traceback, the batch's requests fail
+        as INTERNAL with reason `internal_bug` (counted by the failure metrics)."""
+        log.error("%s/%s: bug while %s", self.model, self.version, doing, exc_info=exc)
+        if batch in self.core.running:
+            self.core.fail(batch, self.clock.now())
+        error = InternalBug(f"internal error while {doing}: {type(exc).__name__}: {exc}")
+        for ticket, _, _ in batch.items:
+            self._reject(ticket, error)
 
     def _run_thread(self, batch: Batch) -> None:
         self.thread_batches += 1
@@ -300,8 +317,11 @@ class AsyncDispatcher:
         loop = self._loop
         try:
             outputs, compute = self._execute(batch)
-        except Exception as exc:
-            loop.call_soon_threadsafe(self._after_failure, batch, exc)
+        except ModelFailed as exc:
+            loop.call_soon_threadsafe(self._after_failure, batch, exc.error)
+            return
+        except Exception as exc:  # a bug of ours (gathering inputs)
+            loop.call_soon_threadsafe(self._after_bug, batch, exc)
             return
         loop.call_soon_threadsafe(self._after_thread, batch, outputs, compute)
 
@@ -313,8 +333,14 @@ class AsyncDispatcher:
         self._failed(batch, exc)
         self._pump()
 
+    def _after_bug(self, batch: Batch, exc: Exception) -> None:
+        self._bug(batch, exc, "gathering a batch's inputs")
+        self._pump()
+
     def _execute(self, batch: Batch) -> tuple[dict[str, np.ndarray], float]:
-        """Gather inputs, run the model, time it (gather included: it is service time)."""
+        """Gather inputs, run the model, time it (gather included: it is service time).
+        Only the model's own failure is caught here (as `ModelFailed`); a failure
+        gathering the inputs is a bug of Kairos and propagates as it is."""
         t0 = self.clock.now()
         items = batch.items
         first = items[0][0].request
@@ -333,13 +359,16 @@ class AsyncDispatcher:
                 if ticket.request.outputs != names:
                     names = None  # mixed requests: run every output, filter per request
                     break
-        outputs = self.runner.run(inputs, names)
+        try:
+            outputs = self.runner.run(inputs, names)
+        except Exception as exc:  # noqa: BLE001 - whatever the model raises is the model's failure
+            raise ModelFailed(exc) from exc
         return outputs, self.clock.now() - t0
 
     def _done(self, batch: Batch, outputs: dict[str, np.ndarray], compute: float) -> None:
         try:
             self._split(batch, outputs)
-        except Exception as exc:  # outputs that do not fit the batch: fail it, not the loop
+        except InternalError as exc:  # the model's outputs do not fit the batch: its failure
             self._failed(batch, exc)
             return
         now = self.clock.now()

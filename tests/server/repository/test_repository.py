@@ -60,7 +60,48 @@ def test_a_failing_model_is_unavailable_with_reason_and_others_serve(tmp_path):
             assert reason in entries[name].reason
             with pytest.raises(ModelUnavailable):
                 repository.resolve(name)
-        assert repository.resolve("good").backend.run({"input": np.ones((1, 4), np.float32)})
+        rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+        served = repository.resolve("good")
+        assert served.model == "good" and served.signature.inputs[0].name == "input"
+        outputs = served.backend.run({"input": rows})
+        assert list(outputs) == ["output"]
+        np.testing.assert_array_equal(outputs["output"], rows)  # identity: exactly its input
+        await repository.close()
+
+    run(scenario())
+
+
+def test_a_bug_building_a_version_is_logged_with_its_traceback_and_the_model_unavailable(
+    tmp_path, caplog
+):
+    write_model(tmp_path, "m", identity())
+
+    def broken_factory(**_):
+        raise RuntimeError("planted factory bug")
+
+    async def scenario():
+        repository = ModelRepository(tmp_path, dispatcher_factory=broken_factory)
+        with pytest.raises(ModelUnavailable, match="unexpected error: RuntimeError"):
+            await repository.load("m")
+        entry = repository.index()[0]
+        assert (entry.name, entry.state) == ("m", "UNAVAILABLE")
+        assert "planted factory bug" in entry.reason
+        await repository.close()
+
+    run(scenario())
+    logged = [r for r in caplog.records if r.exc_info is not None]
+    assert logged and isinstance(logged[0].exc_info[1], RuntimeError)
+
+
+def test_the_default_dispatcher_is_the_scheduler(tmp_path):
+    from kairos.server.scheduler.dispatcher import AsyncDispatcher
+
+    write_model(tmp_path, "m", identity())
+
+    async def scenario():
+        repository = ModelRepository(tmp_path)
+        await repository.load("m")
+        assert isinstance(repository.resolve("m").dispatcher, AsyncDispatcher)
         await repository.close()
 
     run(scenario())

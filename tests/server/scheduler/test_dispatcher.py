@@ -12,7 +12,13 @@ import threading
 
 import numpy as np
 import pytest
-from kairos.server.errors import DeadlineExceeded, InternalError, Refused, ShuttingDown
+from kairos.server.errors import (
+    DeadlineExceeded,
+    InternalBug,
+    InternalError,
+    Refused,
+    ShuttingDown,
+)
 from kairos.server.metrics import MetricsSink
 from kairos.server.repository.config import SchedulingSettings
 from kairos.server.scheduler.factory import make_dispatcher
@@ -203,6 +209,48 @@ def test_failed_execution_fails_its_requests_and_the_next_ones_still_run(runner,
 
     result = asyncio.run(main())
     np.testing.assert_array_equal(result["y"], np.full((1, 4), 15.0, np.float32))
+
+
+def test_a_model_failure_is_the_models_not_a_kairos_bug(runner, clock, req, caplog):
+    runner.fail_next = True
+
+    async def main():
+        dispatcher = build(runner, clock)
+        with pytest.raises(InternalError, match="model execution failed: boom") as failure:
+            await dispatcher.submit(req(0))
+        return failure.value
+
+    error = asyncio.run(main())
+    assert not isinstance(error, InternalBug) and error.reason == "internal"
+    assert not any(record.exc_info for record in caplog.records)
+
+
+@pytest.mark.parametrize("execution", ["inline", "thread"])
+def test_a_bug_gathering_inputs_surfaces_with_its_traceback(
+    runner, clock, req, caplog, monkeypatch, execution
+):
+    from kairos.server.scheduler import dispatcher as module
+
+    def broken_concatenate(*args, **kwargs):
+        raise ValueError("planted gather bug")
+
+    async def main():
+        dispatcher = build(runner, clock, execution=execution)
+        results = await asyncio.gather(
+            *(dispatcher.submit(req(i, slo=1.0)) for i in range(3)), return_exceptions=True
+        )
+        return results, dispatcher.describe()
+
+    monkeypatch.setattr(module.np, "concatenate", broken_concatenate)
+    results, info = asyncio.run(main())
+    monkeypatch.undo()
+    bugs = [r for r in results if isinstance(r, InternalBug)]
+    assert bugs, results  # the first request ran alone (no gather); the batch after it did not
+    assert all(b.reason == "internal_bug" and "planted gather bug" in str(b) for b in bugs)
+    assert runner.batches == [1]  # the model never saw the broken batch
+    logged = [r for r in caplog.records if r.exc_info and "bug while gathering" in r.getMessage()]
+    assert logged and "planted gather bug" in str(logged[0].exc_info[1])
+    assert info["executors_busy"] == 0
 
 
 def test_close_drains_then_refuses(runner, clock, req):
