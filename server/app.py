@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "every RPC except health, reflection, ServerLive and ServerReady "
                                "needs 'authorization: Bearer <token>'")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    from .kserve import add_kserve_arguments  # --model-dir, --model-name, KServe spellings
+
+    add_kserve_arguments(parser)
 
 
 def _make_metrics() -> MetricsSink:
@@ -129,6 +132,10 @@ class KairosServer:
             raise SystemExit(f"kairos serve: {exc}") from None
 
     def _repository_path(self) -> Path:
+        from .kserve import kserve_repository  # KServe's /mnt/models layouts
+
+        if (kserve := kserve_repository(self.args)) is not None:
+            return kserve
         if self.args.model_repository is not None:
             path = self.args.model_repository
             if not path.is_dir():
