@@ -1,56 +1,27 @@
-"""asyncio client for any Open Inference Protocol (KServe V2) gRPC server (grpc.aio)."""
+"""asyncio client for any Open Inference Protocol (KServe V2) gRPC server (grpc.aio).
+
+The requests, replies, readiness bookkeeping and stream ordering are shared with the
+blocking client (`_base`); this module only awaits.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import time
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-    Sequence,
-)
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
 import numpy as np
 from kairos.protos import grpc_service_pb2 as pb
-from kairos.protos import grpc_service_pb2_grpc as pb_grpc
 from kairos.protos import model_config_pb2
 
-from ._common import (
-    DEFAULT_MAX_MESSAGE_MB,
-    DEFAULT_URL,
-    InferenceServerError,
-    InferResult,
-    StreamReorderer,
-    call_metadata,
-    channel_credentials,
-    channel_options,
-    make_request,
-    normalize_url,
-)
-from .sync_client import PemSource
+from . import _base as calls
+from ._base import PROBE_TIMEOUT_S, ClientBase, PemSource, ReadinessWait, Rpc, StreamSession
+from ._common import DEFAULT_MAX_MESSAGE_MB, DEFAULT_URL, InferenceServerError, InferResult
 
-T = TypeVar("T")
 InputDicts = Iterable[Mapping[str, np.ndarray]] | AsyncIterable[Mapping[str, np.ndarray]]
-
-
-def _translate_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except grpc.RpcError as error:
-            raise InferenceServerError.from_rpc_error(error) from None
-
-    return wrapper
 
 
 async def _iterate(items: InputDicts) -> AsyncIterator[Mapping[str, np.ndarray]]:
@@ -62,7 +33,7 @@ async def _iterate(items: InputDicts) -> AsyncIterator[Mapping[str, np.ndarray]]
             yield item
 
 
-class AsyncInferenceClient:
+class AsyncInferenceClient(ClientBase):
     """The asyncio twin of `InferenceClient`: same methods, awaitable.
 
     Create it inside the event loop that uses it (grpc.aio channels belong to one loop);
@@ -82,16 +53,26 @@ class AsyncInferenceClient:
         headers: Mapping[str, str] | None = None,
         channel_args: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.url = normalize_url(url)
-        options = channel_options(max_message_mb) + list(channel_args)
-        ssl = ssl or url.startswith(("grpcs://", "https://"))
-        credentials = channel_credentials(ssl, ssl_root_cert, ssl_client_cert, ssl_client_key)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.url, options=options)
-        else:
-            self._channel = grpc.aio.secure_channel(self.url, credentials, options=options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._metadata = call_metadata(token, headers)
+        super().__init__(
+            url,
+            max_message_mb=max_message_mb,
+            ssl=ssl,
+            ssl_root_cert=ssl_root_cert,
+            ssl_client_cert=ssl_client_cert,
+            ssl_client_key=ssl_client_key,
+            token=token,
+            headers=headers,
+            channel_args=channel_args,
+            insecure=grpc.aio.insecure_channel,
+            secure=grpc.aio.secure_channel,
+        )
+
+    async def _call(self, rpc: Rpc, timeout: float | None) -> Any:
+        try:
+            reply = await self._invoke(rpc, timeout)
+        except grpc.RpcError as error:
+            raise InferenceServerError.from_rpc_error(error) from None
+        return rpc.result(reply)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -104,93 +85,67 @@ class AsyncInferenceClient:
 
     # -- health and metadata -----------------------------------------------------------
 
-    @_translate_errors
     async def server_live(self, *, timeout: float | None = None) -> bool:
-        request = pb.ServerLiveRequest()
-        return (await self._stub.ServerLive(request, timeout=timeout, metadata=self._metadata)).live
+        return await self._call(calls.server_live(), timeout)
 
-    @_translate_errors
     async def server_ready(self, *, timeout: float | None = None) -> bool:
-        request = pb.ServerReadyRequest()
-        reply = await self._stub.ServerReady(request, timeout=timeout, metadata=self._metadata)
-        return reply.ready
+        return await self._call(calls.server_ready(), timeout)
 
-    @_translate_errors
     async def model_ready(
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> bool:
-        request = pb.ModelReadyRequest(name=model, version=version)
-        reply = await self._stub.ModelReady(request, timeout=timeout, metadata=self._metadata)
-        return reply.ready
+        return await self._call(calls.model_ready(model, version), timeout)
 
-    @_translate_errors
     async def server_metadata(self, *, timeout: float | None = None) -> pb.ServerMetadataResponse:
-        request = pb.ServerMetadataRequest()
-        return await self._stub.ServerMetadata(request, timeout=timeout, metadata=self._metadata)
+        return await self._call(calls.server_metadata(), timeout)
 
-    @_translate_errors
     async def model_metadata(
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
-        request = pb.ModelMetadataRequest(name=model, version=version)
-        return await self._stub.ModelMetadata(request, timeout=timeout, metadata=self._metadata)
+        return await self._call(calls.model_metadata(model, version), timeout)
 
-    @_translate_errors
     async def model_config(
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> model_config_pb2.ModelConfig:
-        request = pb.ModelConfigRequest(name=model, version=version)
-        reply = await self._stub.ModelConfig(request, timeout=timeout, metadata=self._metadata)
-        return reply.config
+        return await self._call(calls.model_config(model, version), timeout)
 
-    @_translate_errors
     async def model_statistics(
         self, model: str = "", version: str = "", *, timeout: float | None = None
     ) -> pb.ModelStatisticsResponse:
-        request = pb.ModelStatisticsRequest(name=model, version=version)
-        return await self._stub.ModelStatistics(request, timeout=timeout, metadata=self._metadata)
+        return await self._call(calls.model_statistics(model, version), timeout)
 
     async def wait_until_ready(
         self, timeout: float = 60.0, *, models: Sequence[str] = (), interval: float = 0.1
     ) -> None:
         """Poll until the server (and each of `models`) is ready; InferenceServerError if not."""
-        end = time.monotonic() + timeout
-        last: Exception | None = None
+        wait = ReadinessWait(self.url, timeout, models)
         while True:
             try:
-                if await self.server_ready(timeout=2.0):
-                    states = [await self.model_ready(name, timeout=2.0) for name in models]
-                    if all(states):
-                        return
+                if await self._all_ready(wait.probes()):
+                    return
             except InferenceServerError as error:
-                last = error
-            if time.monotonic() >= end:
-                what = f"models {', '.join(models)}" if models else "the server"
-                detail = f" (last error: {last})" if last else ""
-                raise InferenceServerError(
-                    "DEADLINE_EXCEEDED", f"{what} not ready at {self.url} after {timeout}s{detail}"
-                )
+                wait.failed(error)
+            wait.check_deadline()
             await asyncio.sleep(interval)
+
+    async def _all_ready(self, probes: list[Rpc]) -> bool:
+        for probe in probes:
+            if not await self._call(probe, PROBE_TIMEOUT_S):
+                return False
+        return True
 
     # -- repository --------------------------------------------------------------------
 
-    @_translate_errors
     async def repository_index(
         self, *, ready: bool = False, timeout: float | None = None
     ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
-        request = pb.RepositoryIndexRequest(ready=ready)
-        reply = await self._stub.RepositoryIndex(request, timeout=timeout, metadata=self._metadata)
-        return list(reply.models)
+        return await self._call(calls.repository_index(ready), timeout)
 
-    @_translate_errors
     async def load_model(self, model: str, *, timeout: float | None = None) -> None:
-        request = pb.RepositoryModelLoadRequest(model_name=model)
-        await self._stub.RepositoryModelLoad(request, timeout=timeout, metadata=self._metadata)
+        await self._call(calls.load_model(model), timeout)
 
-    @_translate_errors
     async def unload_model(self, model: str, *, timeout: float | None = None) -> None:
-        request = pb.RepositoryModelUnloadRequest(model_name=model)
-        await self._stub.RepositoryModelUnload(request, timeout=timeout, metadata=self._metadata)
+        await self._call(calls.unload_model(model), timeout)
 
     # -- inference ---------------------------------------------------------------------
 
@@ -216,7 +171,6 @@ class AsyncInferenceClient:
         )
         return result.outputs
 
-    @_translate_errors
     async def infer_response(
         self,
         model: str,
@@ -228,16 +182,11 @@ class AsyncInferenceClient:
         request_id: str = "",
         parameters: Mapping[str, Any] | None = None,
     ) -> InferResult:
-        request = make_request(
-            model,
-            inputs,
-            version=version,
-            outputs=outputs,
-            request_id=request_id,
+        rpc = calls.infer(
+            model, inputs, version=version, outputs=outputs, request_id=request_id,
             parameters=parameters,
         )
-        response = await self._stub.ModelInfer(request, timeout=timeout, metadata=self._metadata)
-        return InferResult.from_response(response)
+        return await self._call(rpc, timeout)
 
     async def stream_infer(
         self,
@@ -277,21 +226,14 @@ class AsyncInferenceClient:
         max_in_flight: int = 64,
     ) -> AsyncIterator[InferResult | InferenceServerError]:
         """Per-request outcomes (InferResult or the server's InferenceServerError), in order."""
-        order = StreamReorderer()
+        session = StreamSession(model, version=version, outputs=outputs, parameters=parameters)
         window = asyncio.Semaphore(max(1, max_in_flight))
         call = self._stub.ModelStreamInfer(timeout=timeout, metadata=self._metadata)
 
         async def write_all() -> None:
             async for item in _iterate(inputs):
                 await window.acquire()
-                request = make_request(
-                    model,
-                    item,
-                    version=version,
-                    outputs=outputs,
-                    request_id=order.request_id(),
-                    parameters=parameters,
-                )
+                request = session.request(item)
                 try:
                     await call.write(request)
                 except (grpc.RpcError, asyncio.InvalidStateError):
@@ -319,8 +261,7 @@ class AsyncInferenceClient:
                 if response is grpc.aio.EOF:
                     break
                 window.release()
-                order.add(response)
-                for result in order.pop_ready():
+                for result in session.received(response):
                     yield result
             if writer.done():
                 writer.result()  # re-raises a failure producing the requests
@@ -334,7 +275,4 @@ class AsyncInferenceClient:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await writer
             call.cancel()
-        if order.pending:
-            raise InferenceServerError(
-                "UNKNOWN", f"the server ended the stream with {order.pending} requests unanswered"
-            )
+        session.check_complete()

@@ -1,51 +1,29 @@
-"""Blocking client for any Open Inference Protocol (KServe V2) gRPC server."""
+"""Blocking client for any Open Inference Protocol (KServe V2) gRPC server.
+
+The requests, replies, readiness bookkeeping and stream ordering are shared with the
+asyncio client (`_base`); this module only blocks.
+"""
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 from kairos.protos import grpc_service_pb2 as pb
-from kairos.protos import grpc_service_pb2_grpc as pb_grpc
 from kairos.protos import model_config_pb2
 
-from ._common import (
-    DEFAULT_MAX_MESSAGE_MB,
-    DEFAULT_URL,
-    InferenceServerError,
-    InferResult,
-    StreamReorderer,
-    call_metadata,
-    channel_credentials,
-    channel_options,
-    make_request,
-    normalize_url,
-)
+from . import _base as calls
+from ._base import PROBE_TIMEOUT_S, ClientBase, PemSource, ReadinessWait, Rpc, StreamSession
+from ._common import DEFAULT_MAX_MESSAGE_MB, DEFAULT_URL, InferenceServerError, InferResult
 
-T = TypeVar("T")
-PemSource = str | bytes | Path | None
+__all__ = ["InferenceClient", "PemSource"]
 
 
-def _translate_errors(method: Callable[..., T]) -> Callable[..., T]:
-    """Turn grpc.RpcError into InferenceServerError, so callers handle one exception type."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return method(*args, **kwargs)
-        except grpc.RpcError as error:
-            raise InferenceServerError.from_rpc_error(error) from None
-
-    return wrapper
-
-
-class InferenceClient:
+class InferenceClient(ClientBase):
     """A blocking V2 client over one gRPC channel (thread-safe; share one per process).
 
     `url` is host:port (a grpc:// prefix is dropped; grpcs:// means TLS). `timeout` arguments
@@ -68,16 +46,26 @@ class InferenceClient:
         headers: Mapping[str, str] | None = None,
         channel_args: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.url = normalize_url(url)
-        options = channel_options(max_message_mb) + list(channel_args)
-        ssl = ssl or url.startswith(("grpcs://", "https://"))
-        credentials = channel_credentials(ssl, ssl_root_cert, ssl_client_cert, ssl_client_key)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(self.url, options=options)
-        else:
-            self._channel = grpc.secure_channel(self.url, credentials, options=options)
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
-        self._metadata = call_metadata(token, headers)
+        super().__init__(
+            url,
+            max_message_mb=max_message_mb,
+            ssl=ssl,
+            ssl_root_cert=ssl_root_cert,
+            ssl_client_cert=ssl_client_cert,
+            ssl_client_key=ssl_client_key,
+            token=token,
+            headers=headers,
+            channel_args=channel_args,
+            insecure=grpc.insecure_channel,
+            secure=grpc.secure_channel,
+        )
+
+    def _call(self, rpc: Rpc, timeout: float | None) -> Any:
+        try:
+            reply = self._invoke(rpc, timeout)
+        except grpc.RpcError as error:
+            raise InferenceServerError.from_rpc_error(error) from None
+        return rpc.result(reply)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -92,93 +80,61 @@ class InferenceClient:
 
     # -- health and metadata -----------------------------------------------------------
 
-    @_translate_errors
     def server_live(self, *, timeout: float | None = None) -> bool:
-        reply = self._stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout, metadata=self._metadata)
-        return reply.live
+        return self._call(calls.server_live(), timeout)
 
-    @_translate_errors
     def server_ready(self, *, timeout: float | None = None) -> bool:
-        reply = self._stub.ServerReady(
-            pb.ServerReadyRequest(), timeout=timeout, metadata=self._metadata
-        )
-        return reply.ready
+        return self._call(calls.server_ready(), timeout)
 
-    @_translate_errors
     def model_ready(self, model: str, version: str = "", *, timeout: float | None = None) -> bool:
-        request = pb.ModelReadyRequest(name=model, version=version)
-        return self._stub.ModelReady(request, timeout=timeout, metadata=self._metadata).ready
+        return self._call(calls.model_ready(model, version), timeout)
 
-    @_translate_errors
     def server_metadata(self, *, timeout: float | None = None) -> pb.ServerMetadataResponse:
-        return self._stub.ServerMetadata(
-            pb.ServerMetadataRequest(), timeout=timeout, metadata=self._metadata
-        )
+        return self._call(calls.server_metadata(), timeout)
 
-    @_translate_errors
     def model_metadata(
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> pb.ModelMetadataResponse:
-        request = pb.ModelMetadataRequest(name=model, version=version)
-        return self._stub.ModelMetadata(request, timeout=timeout, metadata=self._metadata)
+        return self._call(calls.model_metadata(model, version), timeout)
 
-    @_translate_errors
     def model_config(
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> model_config_pb2.ModelConfig:
-        request = pb.ModelConfigRequest(name=model, version=version)
-        return self._stub.ModelConfig(request, timeout=timeout, metadata=self._metadata).config
+        return self._call(calls.model_config(model, version), timeout)
 
-    @_translate_errors
     def model_statistics(
         self, model: str = "", version: str = "", *, timeout: float | None = None
     ) -> pb.ModelStatisticsResponse:
         """Statistics of one model, or of every model when `model` is empty."""
-        request = pb.ModelStatisticsRequest(name=model, version=version)
-        return self._stub.ModelStatistics(request, timeout=timeout, metadata=self._metadata)
+        return self._call(calls.model_statistics(model, version), timeout)
 
     def wait_until_ready(
         self, timeout: float = 60.0, *, models: Sequence[str] = (), interval: float = 0.1
     ) -> None:
         """Poll until the server (and each of `models`) is ready; InferenceServerError if not."""
-        end = time.monotonic() + timeout
-        last: Exception | None = None
+        wait = ReadinessWait(self.url, timeout, models)
         while True:
             try:
-                if self.server_ready(timeout=2.0) and all(
-                    self.model_ready(name, timeout=2.0) for name in models
-                ):
+                if all(self._call(probe, PROBE_TIMEOUT_S) for probe in wait.probes()):
                     return
             except InferenceServerError as error:
-                last = error
-            if time.monotonic() >= end:
-                what = f"models {', '.join(models)}" if models else "the server"
-                detail = f" (last error: {last})" if last else ""
-                raise InferenceServerError(
-                    "DEADLINE_EXCEEDED", f"{what} not ready at {self.url} after {timeout}s{detail}"
-                )
+                wait.failed(error)
+            wait.check_deadline()
             time.sleep(interval)
 
     # -- repository --------------------------------------------------------------------
 
-    @_translate_errors
     def repository_index(
         self, *, ready: bool = False, timeout: float | None = None
     ) -> list[pb.RepositoryIndexResponse.ModelIndex]:
-        request = pb.RepositoryIndexRequest(ready=ready)
-        reply = self._stub.RepositoryIndex(request, timeout=timeout, metadata=self._metadata)
-        return list(reply.models)
+        return self._call(calls.repository_index(ready), timeout)
 
-    @_translate_errors
     def load_model(self, model: str, *, timeout: float | None = None) -> None:
         """Load (or reload) a model from the server's repository; returns once it is loaded."""
-        request = pb.RepositoryModelLoadRequest(model_name=model)
-        self._stub.RepositoryModelLoad(request, timeout=timeout, metadata=self._metadata)
+        self._call(calls.load_model(model), timeout)
 
-    @_translate_errors
     def unload_model(self, model: str, *, timeout: float | None = None) -> None:
-        request = pb.RepositoryModelUnloadRequest(model_name=model)
-        self._stub.RepositoryModelUnload(request, timeout=timeout, metadata=self._metadata)
+        self._call(calls.unload_model(model), timeout)
 
     # -- inference ---------------------------------------------------------------------
 
@@ -204,7 +160,6 @@ class InferenceClient:
             parameters=parameters,
         ).outputs
 
-    @_translate_errors
     def infer_response(
         self,
         model: str,
@@ -217,16 +172,11 @@ class InferenceClient:
         parameters: Mapping[str, Any] | None = None,
     ) -> InferResult:
         """Like `infer`, but returns the whole answer: outputs, id, model version, parameters."""
-        request = make_request(
-            model,
-            inputs,
-            version=version,
-            outputs=outputs,
-            request_id=request_id,
+        rpc = calls.infer(
+            model, inputs, version=version, outputs=outputs, request_id=request_id,
             parameters=parameters,
         )
-        response = self._stub.ModelInfer(request, timeout=timeout, metadata=self._metadata)
-        return InferResult.from_response(response)
+        return self._call(rpc, timeout)
 
     def stream_infer(
         self,
@@ -275,7 +225,7 @@ class InferenceClient:
         At most `max_in_flight` requests are unanswered at a time, so a long (or endless)
         input iterable is consumed only as fast as the server answers.
         """
-        order = StreamReorderer()
+        session = StreamSession(model, version=version, outputs=outputs, parameters=parameters)
         window = threading.Semaphore(max(1, max_in_flight))
         stopped = threading.Event()
         # Exceptions raised while producing requests (a bad array, a failing input iterator):
@@ -290,14 +240,7 @@ class InferenceClient:
                             return
                     if stopped.is_set():
                         return
-                    yield make_request(
-                        model,
-                        item,
-                        version=version,
-                        outputs=outputs,
-                        request_id=order.request_id(),
-                        parameters=parameters,
-                    )
+                    yield session.request(item)
             except Exception as exc:  # re-raised on the caller's thread below
                 failures.append(exc)
             # Returning half-closes the stream: the server answers what it has, then ends it.
@@ -306,8 +249,7 @@ class InferenceClient:
         try:
             for response in call:
                 window.release()
-                order.add(response)
-                yield from order.pop_ready()
+                yield from session.received(response)
         except grpc.RpcError as error:
             raise InferenceServerError.from_rpc_error(error) from None
         finally:
@@ -315,7 +257,4 @@ class InferenceClient:
             call.cancel()
         if failures:
             raise failures[0]
-        if order.pending:
-            raise InferenceServerError(
-                "UNKNOWN", f"the server ended the stream with {order.pending} requests unanswered"
-            )
+        session.check_complete()
