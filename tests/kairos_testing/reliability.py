@@ -53,18 +53,37 @@ def mlp_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 TABLE_ROWS = 10
 
 
-def gather_table() -> onnx.ModelProto:
+def gather_table(work: int = 0) -> onnx.ModelProto:
     """indices [batch, 1] INT64 -> output [batch, 1, 4] FP32 rows of a 10-row table.
     An index outside [-10, 10) passes every up-front check (right datatype and
     shape) but makes onnxruntime fail at run time: a model that errors for some
-    input values."""
+    input values. With `work` > 0 each row also costs `work` floats written and
+    summed (about 2 ms per million on this box), so requests queue behind a running batch;
+    the outputs stay the same."""
     table = np.arange(TABLE_ROWS * 4, dtype=np.float32).reshape(TABLE_ROWS, 4)
+    nodes = [helper.make_node("Gather", ["table", "indices"], ["rows" if work else "output"], axis=0)]
+    inits = [numpy_helper.from_array(table, "table")]
+    if work:
+        inits += [
+            numpy_helper.from_array(np.array([1, work], np.int64), "work_shape"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ]
+        nodes += [
+            helper.make_node("Cast", ["indices"], ["as_float"], to=TensorProto.FLOAT),
+            helper.make_node("Expand", ["as_float", "work_shape"], ["spread"]),
+            helper.make_node("ReduceSum", ["spread", "axis1"], ["summed"], keepdims=1),
+            helper.make_node("Mul", ["summed", "zero"], ["nothing"]),
+            helper.make_node("Unsqueeze", ["nothing", "axis2"], ["nothing3"]),
+            helper.make_node("Add", ["rows", "nothing3"], ["output"]),
+        ]
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "indices"], ["output"], axis=0)],
+        nodes,
         "gather_table",
         [helper.make_tensor_value_info("indices", TensorProto.INT64, ["batch", 1])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, 4])],
-        [numpy_helper.from_array(table, "table")],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8

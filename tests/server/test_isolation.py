@@ -20,12 +20,20 @@ INTERNAL = grpc.StatusCode.INTERNAL
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 TIMEOUT = 60
 MLP = mlp(256, 4, seed=3)
+GATHER_BATCH = 4
+# Slow enough (a few ms a row) that requests queue behind each running batch.
+GATHER_WORK = 3_000_000
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    write_model(repo, "gather", gather_table())
+    # Batches of at most GATHER_BATCH requests, held 2 ms to fill: a failing request has
+    # neighbours, and at most GATHER_BATCH - 1 of them.
+    write_model(repo, "gather", gather_table(work=GATHER_WORK), config=(
+        f"max_batch_size: {GATHER_BATCH}\n"
+        "scheduling:\n  policy: fixed\n  max_queue_delay_ms: 2\n"
+    ))
     # The same model, one request per execution: no neighbours to take down.
     write_model(repo, "gather_alone", gather_table(), config="scheduling:\n  policy: none\n")
     write_model(repo, "mlp", MLP, config="scheduling:\n  policy: fixed\n  max_queue_delay_ms: 2\n")
@@ -61,18 +69,20 @@ def test_runtime_failure_is_internal_with_the_models_message(stub):
     np.testing.assert_array_equal(codec.decode_response_outputs(reply)["output"], expected_rows(3, 2))
 
 
-def _gather_mix(stub, model: str, count: int = 300):
-    """Concurrent requests, every third one out of range; (index, future) pairs."""
+def _gather_mix(stub, model: str, count: int = 300, bad_every: int = 3):
+    """Concurrent requests, every `bad_every`-th one out of range; (index, future) pairs."""
     sent = []
     for i in range(count):
-        index = 50 + i if i % 3 == 0 else i % TABLE_ROWS
+        index = 50 + i if i % bad_every == 0 else i % TABLE_ROWS
         sent.append((index, stub.ModelInfer.future(gather_request(model, index), timeout=TIMEOUT)))
     return sent
 
 
 def test_runtime_failures_fail_only_their_batch(server, stub):
+    sent = _gather_mix(stub, "gather", count=300, bad_every=20)
+    bad = sum(index >= TABLE_ROWS for index, _ in sent)
     failed_good = 0
-    for index, future in _gather_mix(stub, "gather"):
+    for index, future in sent:
         if index >= TABLE_ROWS:
             assert future.code() == INTERNAL and "failed" in future.details()
         elif future.code() == grpc.StatusCode.OK:
@@ -82,10 +92,16 @@ def test_runtime_failures_fail_only_their_batch(server, stub):
             # A good request shares the fate of a bad one only when batched with it.
             assert future.code() == INTERNAL and "failed" in future.details()
             failed_good += 1
+    # Each failing batch holds one bad request at least and GATHER_BATCH requests at most:
+    # no more than GATHER_BATCH - 1 good neighbours fail per bad request. A failure that
+    # took down more (the whole queue, every request in flight) breaks this bound.
+    assert failed_good <= (GATHER_BATCH - 1) * bad, (
+        f"{failed_good} good requests failed beside {bad} bad ones in batches of "
+        f"at most {GATHER_BATCH}"
+    )
     assert server.alive()
     reply = stub.ModelInfer(gather_request("gather", 7), timeout=TIMEOUT)
     np.testing.assert_array_equal(codec.decode_response_outputs(reply)["output"], expected_rows(7))
-    print(f"good requests failed alongside a bad one in their batch: {failed_good}")
 
 
 def test_without_batching_no_good_request_fails(stub):
