@@ -147,8 +147,10 @@ class AsyncDispatcher:
         """Stop accepting; with drain, run what is queued first; then stop executors."""
         self._closing = True
         if not drain:
+            # Accepted, then dropped: a message of its own, never mistaken for the refusal
+            # of a request that arrived after the unload began.
             for ticket in self.core.drain_queue():
-                self._reject(ticket, ShuttingDown("model is unloading"))
+                self._reject(ticket, ShuttingDown("queued request dropped: model closed without drain"))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
