@@ -53,6 +53,10 @@ class SoakResult:
     peak_rss_kib: int = 0
     drift: float = 0.0  # (final - warm) / warm
     requests: int = 0
+    warm_requests: int = 0  # requests sent when the warm sample was taken
+    growth_per_request_b: float = 0.0  # RSS growth per request after warm-up (least squares)
+    streams: int = 0  # stream bursts sent (STREAM_BURST requests each)
+    sample_requests: list[int] = field(default_factory=list)  # requests sent at each sample
     reloads: int = 0
     errors: list[str] = field(default_factory=list)  # first unexpected answers, verbatim
 
@@ -89,7 +93,20 @@ class Load:
         return "ModelStatistics", pb.ModelStatisticsRequest(name="mlp"), {grpc.StatusCode.OK}
 
 
-def _stream_burst(stub, load: Load, errors: list[str], count: int = 50) -> Counter:
+STREAM_BURST = 50
+
+
+def expected_outcomes(requests: int, seed: int = 0) -> Counter:
+    """The unary outcomes `requests` draws of the seeded mix must have: OK for the valid
+    ones, INVALID_ARGUMENT for the malformed ones (a replay of `Load`)."""
+    load, outcomes = Load(seed), Counter()
+    for _ in range(requests):
+        _, _, acceptable = load.next()
+        outcomes[next(iter(acceptable)).name] += 1
+    return outcomes
+
+
+def _stream_burst(stub, load: Load, errors: list[str], count: int = STREAM_BURST) -> Counter:
     requests = [codec.build_request("mlp", {"input": load.data[: 1 + i % 8]}) for i in range(count)]
     outcomes: Counter = Counter()
     for reply in stub.ModelStreamInfer(iter(requests), timeout=60):
@@ -120,6 +137,7 @@ def run_load(address: str, pid: int, *, duration: float, interval: float, warmup
             if now >= next_sample:
                 rss = read_rss_kib(pid)
                 result.samples.append((round(now - start, 1), rss))
+                result.sample_requests.append(result.requests)
                 log(f"{now - start:7.1f}s  RSS {rss / 1024:8.1f} MiB  requests {result.requests}")
                 next_sample += interval
             if now >= next_reload and reload_every > 0:
@@ -128,6 +146,7 @@ def run_load(address: str, pid: int, *, duration: float, interval: float, warmup
                 next_reload += reload_every
             if now >= next_stream and stream_every > 0:
                 outcomes.update(_stream_burst(stub, load, result.errors))
+                result.streams += 1
                 next_stream += stream_every
             while len(pending) < concurrency:
                 method, request, acceptable = load.next()
@@ -138,6 +157,7 @@ def run_load(address: str, pid: int, *, duration: float, interval: float, warmup
         for future, acceptable in pending:
             _record(future, acceptable, outcomes, result.errors)
     result.samples.append((round(time.monotonic() - start, 1), read_rss_kib(pid)))
+    result.sample_requests.append(result.requests)
     result.outcomes = dict(outcomes)
     _summarize(result, warmup)
     return result
@@ -154,11 +174,27 @@ def _record(future, acceptable: set, outcomes: Counter, errors: list[str]) -> No
 
 
 def _summarize(result: SoakResult, warmup: float) -> None:
-    after = [rss for t, rss in result.samples if t >= warmup] or [result.samples[-1][1]]
+    warm = next((i for i, (t, _) in enumerate(result.samples) if t >= warmup), len(result.samples) - 1)
+    after = [rss for _, rss in result.samples[warm:]]
     result.warm_rss_kib = after[0]
+    result.warm_requests = result.sample_requests[warm]
     result.final_rss_kib = int(statistics.median(after[-3:]))
     result.peak_rss_kib = max(rss for _, rss in result.samples)
     result.drift = (result.final_rss_kib - result.warm_rss_kib) / result.warm_rss_kib
+    result.growth_per_request_b = _slope_b_per_request(
+        result.sample_requests[warm:], [rss for _, rss in result.samples[warm:]]
+    )
+
+
+def _slope_b_per_request(requests: list[int], rss_kib: list[int]) -> float:
+    """Least-squares growth of RSS per request sent (bytes), over the samples given:
+    steadier than two end points against the allocator's steps."""
+    if len(requests) < 2 or requests[-1] == requests[0]:
+        return 0.0
+    mean_x, mean_y = statistics.fmean(requests), statistics.fmean(rss_kib)
+    cov = sum((x - mean_x) * (y - mean_y) for x, y in zip(requests, rss_kib, strict=True))
+    var = sum((x - mean_x) ** 2 for x in requests)
+    return cov / var * 1024
 
 
 def soak(*, duration: float, interval: float, warmup: float, server_cpu: int | None = None,
@@ -187,7 +223,8 @@ def main() -> int:
     for error in result.errors:
         print(f"  error: {error}")
     print(f"RSS after warm-up {result.warm_rss_kib / 1024:.1f} MiB, final {result.final_rss_kib / 1024:.1f} MiB, "
-          f"peak {result.peak_rss_kib / 1024:.1f} MiB, drift {result.drift:+.1%}")
+          f"peak {result.peak_rss_kib / 1024:.1f} MiB, drift {result.drift:+.1%} "
+          f"({result.growth_per_request_b:+.0f} B per request after warm-up)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(asdict(result), indent=1))
