@@ -2,8 +2,9 @@
 Parquet round trips, resume after the client is SIGKILLed and after the server goes away,
 bad inputs refused before anything is sent.
 
-The last two tests are what batch mode needs from `server/scheduler/core.py` (owned by the
-scheduler engineer): written as failing tests against 4212b4c..bae0eea, passing since 83f7921.
+What batch mode needs from the scheduler's core (pieces sized from admitted online budgets,
+queued batch rows never making online requests "queue full") is tested on the core itself,
+in tests/server/scheduler/test_core.py.
 """
 
 from __future__ import annotations
@@ -257,72 +258,6 @@ def test_checkpoint_without_resume_is_refused(server, tmp_path, capsys) -> None:
     checkpoint_path(out).write_text('{"format": 1, "rows_done": 0}')
     assert run_cli(MLP, "-i", str(tmp_path / "x.npy"), "-o", str(out), "--url", server.address) == 2
     assert "--resume" in capsys.readouterr().err
-
-
-# -- what batch mode needs from the scheduler (server/scheduler: not ours to edit) -------
-
-
-def test_scheduler_one_late_online_request_does_not_collapse_batch_pieces() -> None:
-    """Batch-class pieces are sized from the online budget (L(piece) <= budget / 2). Up to
-    bae0eea the budget was the tightest `deadline - now` of any online request, refused ones
-    included (at first forever, then relaxing by 0.2% per later request): one request that
-    arrived with its deadline spent cut every batch piece to 1 row, and end to end batch mode
-    ran at ~0.2x its alone throughput (BENCHMARKS.md, issue 5). Expected, and true since
-    83f7921 (a low quantile of admitted online budgets): a straggler, let alone a refused
-    one, does not shrink batch pieces."""
-    from kairos.server.errors import KairosError
-    from kairos.server.scheduler.core import SchedulerCore
-    from kairos.server.scheduler.latency import LatencyModel
-    from kairos.server.types import InferenceRequest
-
-    latency = LatencyModel(64)
-    for _ in range(10):
-        for rows in latency.buckets:
-            latency.observe(rows, 0.0001 + 0.00002 * rows)
-    core = SchedulerCore(latency=latency, max_batch_size=64)
-
-    def request(rows: int, now: float, budget: float, klass: str) -> InferenceRequest:
-        inputs = {"input": np.zeros((rows, 16), np.float32)}
-        return InferenceRequest(model="m", version="1", inputs=inputs, outputs=None, rows=rows,
-                                deadline=now + budget, arrival=now, klass=klass)
-
-    now = 100.0
-    core.admit(request(1, now, 0.050, "online"), now)  # a normal online request: 50 ms
-    batch = core.next_batch(now)
-    core.finish(batch, now + 0.0001, 0.0001)
-    now += 0.01
-    with pytest.raises(KairosError):  # one straggler arriving past its deadline: refused
-        core.admit(request(1, now, -0.001, "online"), now)
-    now += 0.01
-    core.admit(request(1000, now, 600.0, "batch"), now)
-    piece = core.next_batch(now)
-    assert piece is not None and piece.rows >= 32, piece
-
-
-def test_scheduler_queued_batch_rows_do_not_refuse_online_requests() -> None:
-    """Queued batch-class rows must not make online requests fail with RESOURCE_EXHAUSTED
-    "queue full" (up to bae0eea admission compared all queued rows, batch included, with
-    max_queued_rows): a batch client keeping a few thousand rows queued, the natural way to
-    keep the executor busy, must not cost online traffic its admission."""
-    from kairos.server.scheduler.core import SchedulerCore
-    from kairos.server.scheduler.latency import LatencyModel
-    from kairos.server.types import InferenceRequest
-
-    latency = LatencyModel(64)
-    for _ in range(10):
-        for rows in latency.buckets:
-            latency.observe(rows, 0.0001 + 0.00002 * rows)
-    core = SchedulerCore(latency=latency, max_batch_size=64, max_queued_rows=4096)
-    now = 100.0
-
-    def request(rows: int, budget: float, klass: str) -> InferenceRequest:
-        inputs = {"input": np.zeros((rows, 16), np.float32)}
-        return InferenceRequest(model="m", version="1", inputs=inputs, outputs=None, rows=rows,
-                                deadline=now + budget, arrival=now, klass=klass)
-
-    for _ in range(4):
-        core.admit(request(1024, 600.0, "batch"), now)  # 4096 batch rows queued
-    core.admit(request(1, 0.050, "online"), now)  # must not be refused as "queue full"
 
 
 def test_resume_after_kill_between_output_and_checkpoint_removal(server, repo, tmp_path,

@@ -389,16 +389,32 @@ def test_one_tight_deadline_does_not_cap_batches_for_good(clock, req):
 
 
 def test_refused_or_late_online_requests_do_not_shrink_batch_pieces(clock, req):
+    """What batch mode needs (moved here from tests/integration/test_batch_mode.py, which
+    drove this core in process): batch-class pieces are sized from the online budget
+    (L(piece) <= budget / 2). Once the budget was the tightest `deadline - now` of any
+    online request, refused ones included: one request arriving with its deadline spent
+    cut every batch piece to 1 row, and batch mode ran at ~0.2x its alone throughput.
+    The budget is a low quantile of *admitted* online budgets: a straggler does not
+    shrink the pieces."""
     core = make_core(max_batch=64)
     core.admit(req(slo=0.050), clock.now())
     core.finish(core.next_batch(clock.now()), clock.now(), 0.0011)
+    core.admit(req(slo=0.050), clock.now())
+    running = core.next_batch(clock.now())  # a busy executor: no idle probe admits stragglers
     with pytest.raises(KairosError):  # arrived with its deadline already spent
         core.admit(req(slo=-0.001), clock.now())
+    with pytest.raises(Refused, match="cannot meet deadline"):  # 0.2 ms left, L(1) = 1.1 ms
+        core.admit(req(slo=0.0002), clock.now())
+    core.finish(running, clock.now(), 0.0011)
     core.admit(req(rows=1000, slo=600.0, klass="batch"), clock.now())
     assert core.next_batch(clock.now()).rows == 64  # L(64) = 7.4 ms < 50 ms / 2
 
 
 def test_queued_batch_rows_do_not_make_online_requests_queue_full(clock, req):
+    """What batch mode needs (moved here from tests/integration/test_batch_mode.py): a
+    batch client keeping thousands of rows queued, the natural way to keep the executor
+    busy, must not cost online traffic its admission (admission once compared all queued
+    rows, batch included, with max_queued_rows); batch-class work stays bounded."""
     core = make_core(max_batch=64, max_queued_rows=4096)
     for _ in range(4):
         core.admit(req(rows=1024, slo=600.0, klass="batch"), clock.now())
