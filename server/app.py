@@ -22,7 +22,13 @@ from kairos.protos import grpc_service_pb2 as pb
 
 from .metrics import MetricsSink
 from .repository import ModelRepository
-from .security import BearerTokenInterceptor, SecurityConfigError, load_tokens, server_credentials
+from .security import (
+    BearerTokenInterceptor,
+    SecurityConfigError,
+    load_tokens,
+    server_credentials,
+    tls_material,
+)
 from .statistics import FanoutMetrics, StatisticsRecorder
 from .transport.servicer import InferenceServicer, ServingOptions, add_to_server
 from .watch import RepositoryWatcher
@@ -67,10 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="concurrent ModelStreamInfer calls; beyond it RESOURCE_EXHAUSTED "
                              "(default 64; 0 = no limit)")
     parser.add_argument("--max-pending-rpcs", type=int, default=0,
-                        help="calls gRPC may hold before the server reads them; beyond it gRPC's core "
-                             "refuses new calls at once without running any Python (the client sees "
-                             "CANCELLED): cheap load shedding under overload (default 0 = gRPC's own "
-                             "limits, 1000 soft / 3000 hard)")
+                        help="requests received and not yet answered beyond which new ones are "
+                             "refused at once, natively (RESOURCE_EXHAUSTED; with --transport aio "
+                             "gRPC's core refuses calls it holds unread, and clients see CANCELLED); "
+                             "default 0 = no bound beyond admission control")
+    parser.add_argument("--transport", choices=("native", "aio"), default="native",
+                        help="gRPC front end: native (Rust, tonic; default) or aio (Python grpc.aio, "
+                             "the former transport, kept for comparison)")
+    parser.add_argument("--frontend-threads", type=int, default=1,
+                        help="threads of the native front end (HTTP/2, decoding; default 1)")
     parser.add_argument("--drain-delay-seconds", type=float, default=0.0,
                         help="on shutdown, how long health answers NOT_SERVING (and inference "
                              "UNAVAILABLE) before the listener closes, so load balancers see it "
@@ -125,8 +136,11 @@ class KairosServer:
         self.health = health.aio.HealthServicer()
         self.stopping = asyncio.Event()
         self.watcher: RepositoryWatcher | None = None
+        self.native = None
         try:
-            self.credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+            self.tls = tls_material(args.tls_cert, args.tls_key, args.tls_client_ca)
+            self.credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+                                if args.transport == "aio" else None)
             self.tokens = load_tokens(args.auth_token_file)
         except SecurityConfigError as exc:
             raise SystemExit(f"kairos serve: {exc}") from None
@@ -185,23 +199,66 @@ class KairosServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         metrics_port = self._start_metrics()
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        server, grpc_port = self._grpc_server()
-        await server.start()
+        server = None
+        if self.args.transport == "native":
+            grpc_port = self._start_native()
+        else:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            server, grpc_port = self._grpc_server()
+            await server.start()
         await self.repository.load_all()
         if not self.stopping.is_set():  # a SIGTERM during loading: never report ready
-            self.ready = True
-            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            await self._set_ready(True)
         if self.args.watch:
             self.watcher = RepositoryWatcher(self.repository, self.args.watch_interval)
             self.watcher.start()
         self._write_port_file(grpc_port, metrics_port)
-        log.info("Kairos serving on %s:%d (metrics on %s; %s; auth %s)", self.args.host, grpc_port,
-                 metrics_port, "TLS" if self.credentials else "plain text",
-                 "on" if self.tokens else "off")
+        log.info("Kairos serving on %s:%d (%s transport; metrics on %s; %s; auth %s)",
+                 self.args.host, grpc_port, self.args.transport, metrics_port,
+                 "TLS" if self.tls else "plain text", "on" if self.tokens else "off")
         await self.stopping.wait()
-        await self._drain(server)
+        if server is not None:
+            await self._drain(server)
+        else:
+            await self._drain_native()
         return 0
+
+    def _start_native(self) -> int:
+        from .frontend import NativeTransport, make_frontend
+
+        try:
+            frontend = make_frontend(self.args, self.tokens, self.tls)
+        except OSError as exc:
+            raise SystemExit(
+                f"kairos serve: cannot listen on {self.args.host}:{self.args.grpc_port} "
+                f"({exc}; port in use? choose another with --grpc-port)"
+            ) from None
+        self.native = NativeTransport(frontend, self.repository, self.metrics, self.servicer)
+        self.native.start()
+        return frontend.port
+
+    async def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        if self.native is not None:
+            self.native.frontend.set_ready(ready)
+        else:
+            serving = health_pb2.HealthCheckResponse
+            await self._set_health(serving.SERVING if ready else serving.NOT_SERVING)
+
+    async def _drain_native(self) -> None:
+        """Not ready and refusing new requests at once; every request already received
+        is served (within --grace-seconds); GOAWAY; then the models close."""
+        log.info("shutting down: refusing new requests, finishing received ones")
+        self.ready = False
+        self.servicer.accepting = False
+        draining = asyncio.ensure_future(
+            self.native.drain(self.args.grace_seconds, self.args.drain_delay_seconds)
+        )
+        if self.watcher is not None:
+            await self.watcher.stop()
+        await draining
+        await self.repository.close()
+        log.info("shut down cleanly")
 
     async def _drain(self, server: grpc.aio.Server) -> None:
         log.info("shutting down: refusing new requests, finishing accepted ones")

@@ -43,21 +43,31 @@ def _read(path: Path, what: str) -> bytes:
         raise SecurityConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def server_credentials(
+def tls_material(
     cert: Path | None, key: Path | None, client_ca: Path | None = None
-) -> grpc.ServerCredentials | None:
-    """TLS credentials (None for plain text); a client CA turns on mutual TLS:
-    clients must then present a certificate that CA signed."""
+) -> tuple[bytes, bytes, bytes | None] | None:
+    """(certificate chain, key, client CA or None) PEM bytes, or None for plain text;
+    a client CA turns on mutual TLS: clients must then present a certificate it signed."""
     if cert is None and key is None:
         if client_ca is not None:
             raise SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     if cert is None or key is None:
         raise SecurityConfigError("TLS needs both --tls-cert and --tls-key")
-    pair = (_read(key, "TLS key"), _read(cert, "TLS certificate"))
     roots = _read(client_ca, "TLS client CA") if client_ca is not None else None
+    return _read(cert, "TLS certificate"), _read(key, "TLS key"), roots
+
+
+def server_credentials(
+    cert: Path | None, key: Path | None, client_ca: Path | None = None
+) -> grpc.ServerCredentials | None:
+    """grpc.aio TLS credentials for `tls_material` (None for plain text)."""
+    material = tls_material(cert, key, client_ca)
+    if material is None:
+        return None
+    chain, private, roots = material
     return grpc.ssl_server_credentials(
-        [pair], root_certificates=roots, require_client_auth=roots is not None
+        [(private, chain)], root_certificates=roots, require_client_auth=roots is not None
     )
 
 

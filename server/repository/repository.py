@@ -71,6 +71,15 @@ class ServedVersion:
 
 
 @dataclass
+class ModelState:
+    name: str
+    served: dict[str, ServedVersion]
+    latest: str | None
+    failed: dict[str, str]
+    reason: str
+
+
+@dataclass
 class IndexEntry:
     name: str
     version: str
@@ -105,6 +114,9 @@ class ModelRepository:
         self.metrics = metrics
         self._factory = dispatcher_factory or _default_dispatcher_factory()
         self._models: dict[str, _Model] = {}
+        # Called with a model's name whenever what it serves or its state changes
+        # (the native front end republishes the model's signatures from it).
+        self.listeners: list[Callable[[str], None]] = []
 
     # ---- discovery -------------------------------------------------------------------
 
@@ -155,6 +167,7 @@ class ModelRepository:
         async with record.lock:
             if not record.served:
                 record.state, record.reason = "LOADING", ""
+                self._changed(name)
             self.metrics.model_state(name, "", "LOADING")
             try:
                 fresh, failed = await asyncio.to_thread(self._build_versions, name, folder)
@@ -167,6 +180,7 @@ class ModelRepository:
                 record.served = fresh
             record.failed = failed
             self._set_state(record)
+            self._changed(name)
             if fresh:
                 await self._retire(name, [v for k, v in old.items() if fresh.get(k) is not v])
             if not fresh:
@@ -218,6 +232,24 @@ class ModelRepository:
         log.info("loaded %s version %s on %s in %.2fs", name, version, backend.provider, seconds)
         return ServedVersion(name, version, backend, dispatcher, settings, seconds)
 
+    def _changed(self, name: str) -> None:
+        for listener in self.listeners:
+            listener(name)
+
+    def known_names(self) -> list[str]:
+        """Every model name on disk or ever loaded."""
+        return sorted(set(self.names_on_disk()) | set(self._models))
+
+    def model_state(self, name: str) -> ModelState:
+        """What a name serves now: ready versions, the latest, failed ones, and why
+        none is served (for the native front end's table)."""
+        record = self._models.get(name)
+        if record is None:
+            return ModelState(name, {}, None, {}, "not loaded")
+        latest = record.latest()
+        return ModelState(name, dict(record.served), latest.version if latest else None,
+                          dict(record.failed), record.reason or record.state)
+
     def _set_state(self, record: _Model) -> None:
         if record.served:
             record.state = "READY"
@@ -245,8 +277,10 @@ class ModelRepository:
         async with record.lock:
             old, record.served, record.failed = record.served, {}, {}
             record.state, record.reason = "UNLOADING", ""
+            self._changed(name)
             await self._retire(name, list(old.values()))
             record.state, record.reason = "UNAVAILABLE", "unloaded"
+            self._changed(name)
 
     async def close(self) -> None:
         for name in list(self._models):

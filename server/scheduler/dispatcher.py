@@ -166,6 +166,18 @@ class AsyncDispatcher:
     # -- requests ---------------------------------------------------------
 
     async def submit(self, request: InferenceRequest) -> dict[str, np.ndarray]:
+        ticket = self.enqueue(request)
+        try:
+            return await ticket.waiter
+        except asyncio.CancelledError:
+            if self.core.cancel(ticket):
+                self._maybe_idle()
+            raise
+
+    def enqueue(self, request: InferenceRequest) -> Ticket:
+        """Admit a request (or raise at once); `ticket.waiter` is the future its batch's
+        completion resolves. For callers that handle many requests without a coroutine
+        each (the native front end)."""
         if self._closing:
             raise ShuttingDown("model is unloading")
         loop = self._loop
@@ -174,7 +186,7 @@ class AsyncDispatcher:
         core = self.core
         now = self.clock.now()
         ticket = core.admit(request, now)  # raises Refused / DeadlineExceeded
-        future = ticket.waiter = loop.create_future()
+        ticket.waiter = loop.create_future()
         self.metrics.queue_depth(self.model, self.version, core.queued_requests, core.queued_rows)
         gap = now - self._last_activity
         self._last_activity = now
@@ -190,12 +202,7 @@ class AsyncDispatcher:
             else:
                 self._scheduled = True
                 loop.call_soon(self._pump)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if core.cancel(ticket):
-                self._maybe_idle()
-            raise
+        return ticket
 
     def _sample_pressure(self, now: float) -> None:
         """Feed the core the event loop's recent busy fraction: this thread's CPU time

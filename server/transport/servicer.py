@@ -121,6 +121,11 @@ def status_of(error: KairosError) -> grpc.StatusCode:
     return STATUS_OF.get(type(error), grpc.StatusCode.INTERNAL)
 
 
+def grpc_code_of(error: KairosError) -> int:
+    """The gRPC status number for an error (what the native front end sends)."""
+    return status_of(error).value[0]
+
+
 class ServingOptions:
     def __init__(
         self,
@@ -292,7 +297,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request, arrival, remaining)
         except KairosError as exc:
-            return self._fail(context, exc, pb.ModelInferResponse())
+            # abort, not set_code + return: only abort sends a trailers-only response (the
+            # status in the headers), the one form a proxy (Envoy) can retry elsewhere.
+            await context.abort(status_of(exc), str(exc))
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator:
         """Requests are handled concurrently; each response carries its request's id.

@@ -1,0 +1,238 @@
+//! The arrival queue (native -> Python, drained in bulk) and the completion path
+//! (Python -> native). Python is woken through an eventfd only when the queue turns
+//! non-empty, so a burst of arrivals costs one wake-up and one GIL acquisition.
+
+use crate::decode::Tensor;
+use crate::errors::Refusal;
+use crate::pb::{ModelInferResponse, ModelStreamInferResponse};
+use crate::validate::Signature;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tonic::Status;
+
+/// A ready model version, as the front end needs it.
+#[derive(Debug)]
+pub struct VersionEntry {
+    pub version: String,
+    pub signature: Signature,
+    pub slo_s: Option<f64>,
+    /// L(1) in seconds as f64 bits: less time left than this cannot be served.
+    pub min_service_bits: AtomicU64,
+}
+
+impl VersionEntry {
+    pub fn min_service_s(&self) -> f64 {
+        f64::from_bits(self.min_service_bits.load(Ordering::Relaxed))
+    }
+}
+
+/// Everything the front end knows of one model name.
+#[derive(Debug, Default)]
+pub struct ModelEntry {
+    pub versions: HashMap<String, Arc<VersionEntry>>,
+    pub latest: Option<String>,
+    /// Versions that failed to load, with the reason.
+    pub failed: HashMap<String, String>,
+    /// Why no version is served (when `latest` is None).
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct InferArrival {
+    pub rid: u64,
+    pub model: String,
+    pub requested_version: String,
+    pub version: String,
+    pub inputs: Vec<Tensor>,
+    pub outputs: Option<Vec<String>>,
+    pub rows: i64,
+    pub batching: bool,
+    pub arrival: f64,
+    pub deadline: f64,
+    pub priority: i64,
+    pub batch_class: bool,
+    pub request_id: String,
+}
+
+#[derive(Debug)]
+pub struct CallArrival {
+    pub rid: u64,
+    pub method: &'static str,
+    pub payload: Vec<u8>,
+}
+
+pub type InferReply = Result<ModelInferResponse, Refusal>;
+pub type StreamSender = mpsc::Sender<Result<ModelStreamInferResponse, Status>>;
+
+pub struct StreamTarget {
+    pub tx: StreamSender,
+    pub model: String,
+    pub version: String,
+    pub id: String,
+    pub state: Arc<StreamState>,
+}
+
+pub struct UnaryTarget {
+    pub tx: oneshot::Sender<InferReply>,
+    pub model: String,
+    pub version: String,
+    pub id: String,
+}
+
+pub enum Waiter {
+    Unary(UnaryTarget),
+    Stream(StreamTarget),
+    Call(oneshot::Sender<Result<Vec<u8>, Status>>),
+}
+
+/// One open ModelStreamInfer call: requests read and not yet answered.
+#[derive(Default)]
+pub struct StreamState {
+    pub pending: AtomicUsize,
+    pub answered: Notify,
+}
+
+impl StreamState {
+    /// Wait until `ready()` holds: woken by each answer, and every millisecond in case
+    /// the client is what frees room (by reading responses).
+    pub async fn wait_until(&self, ready: impl Fn() -> bool) {
+        while !ready() {
+            tokio::select! {
+                _ = self.answered.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queued {
+    infers: Vec<InferArrival>,
+    calls: Vec<CallArrival>,
+}
+
+/// Refusals made natively, by (model label, version, reason, class), since the last take.
+pub type RefusalCounts = HashMap<(String, String, &'static str, bool), u64>;
+
+pub struct Shared {
+    pub models: RwLock<HashMap<String, ModelEntry>>,
+    queue: Mutex<Queued>,
+    pub waiters: Mutex<HashMap<u64, Waiter>>,
+    next_rid: AtomicU64,
+    notified: AtomicBool,
+    eventfd: libc::c_int,
+    pub accepting: AtomicBool,
+    pub ready: AtomicBool,
+    pub refusals: Mutex<RefusalCounts>,
+    pub totals: Mutex<HashMap<&'static str, u64>>,
+    pub open_streams: AtomicUsize,
+    pub closing_streams: AtomicBool,
+    pub streams_closed: Notify,
+    pub in_flight_infers: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new() -> std::io::Result<Self> {
+        // SAFETY: plain syscall; the descriptor is owned by Shared and closed in Drop.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Shared {
+            models: RwLock::new(HashMap::new()),
+            queue: Mutex::new(Queued::default()),
+            waiters: Mutex::new(HashMap::new()),
+            next_rid: AtomicU64::new(1),
+            notified: AtomicBool::new(false),
+            eventfd: fd,
+            accepting: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
+            refusals: Mutex::new(HashMap::new()),
+            totals: Mutex::new(HashMap::new()),
+            open_streams: AtomicUsize::new(0),
+            closing_streams: AtomicBool::new(false),
+            streams_closed: Notify::new(),
+            in_flight_infers: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn eventfd(&self) -> libc::c_int {
+        self.eventfd
+    }
+
+    pub fn next_rid(&self) -> u64 {
+        self.next_rid.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn wake(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a u64 we own to our eventfd.
+            unsafe { libc::write(self.eventfd, (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    pub fn push_infer(&self, arrival: InferArrival, waiter: Waiter) {
+        self.in_flight_infers.fetch_add(1, Ordering::AcqRel);
+        self.waiters.lock().insert(arrival.rid, waiter);
+        self.queue.lock().infers.push(arrival);
+        self.wake();
+    }
+
+    pub fn push_call(&self, call: CallArrival, waiter: oneshot::Sender<Result<Vec<u8>, Status>>) {
+        self.waiters.lock().insert(call.rid, Waiter::Call(waiter));
+        self.queue.lock().calls.push(call);
+        self.wake();
+    }
+
+    /// Everything queued since the last take; clears the wake-up first, so an arrival
+    /// racing with this call wakes Python again rather than being missed.
+    pub fn take(&self) -> (Vec<InferArrival>, Vec<CallArrival>) {
+        self.notified.store(false, Ordering::Release);
+        let mut counter: u64 = 0;
+        // SAFETY: reads 8 bytes into a u64 we own; EAGAIN (nothing pending) is fine.
+        unsafe { libc::read(self.eventfd, (&mut counter as *mut u64).cast(), 8) };
+        let mut queue = self.queue.lock();
+        (
+            std::mem::take(&mut queue.infers),
+            std::mem::take(&mut queue.calls),
+        )
+    }
+
+    pub fn waiter(&self, rid: u64) -> Option<Waiter> {
+        let waiter = self.waiters.lock().remove(&rid);
+        if matches!(waiter, Some(Waiter::Unary(_)) | Some(Waiter::Stream(_))) {
+            self.in_flight_infers.fetch_sub(1, Ordering::AcqRel);
+        }
+        waiter
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_infers.load(Ordering::Acquire)
+    }
+
+    /// Count a refusal made before Python (model label is "" for unknown names, so a
+    /// client cannot grow the metrics without bound).
+    pub fn count_refusal(&self, model: &str, version: &str, reason: &'static str, batch: bool) {
+        *self
+            .refusals
+            .lock()
+            .entry((model.to_string(), version.to_string(), reason, batch))
+            .or_insert(0) += 1;
+        *self.totals.lock().entry(reason).or_insert(0) += 1;
+    }
+
+    pub fn take_refusals(&self) -> RefusalCounts {
+        std::mem::take(&mut *self.refusals.lock())
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: closes the descriptor this struct opened.
+        unsafe { libc::close(self.eventfd) };
+    }
+}

@@ -1,0 +1,141 @@
+//! The listener and the server around the service: TLS / mutual TLS, message-size
+//! limits, health, reflection, and a graceful stop (GOAWAY, then wait for what was
+//! received).
+
+use crate::handoff::Shared;
+use crate::pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::service::{Config, Service};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+pub struct Tls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub max_message_bytes: usize,
+    pub worker_threads: usize,
+    pub tls: Option<Tls>,
+    pub config: Config,
+}
+
+pub struct Running {
+    pub runtime: Runtime,
+    pub shared: Arc<Shared>,
+    pub port: u16,
+    pub health: HealthReporter,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address for host")
+    })
+}
+
+pub fn start(options: Options) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.worker_threads.max(1))
+        .thread_name("kairos-frontend")
+        .enable_all()
+        .build()?;
+    let address = resolve(&options.host, options.port)?;
+    let listener = std::net::TcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let shared = Arc::new(Shared::new()?);
+    let service = Service {
+        shared: shared.clone(),
+        config: Arc::new(options.config),
+    };
+    let limit = options.max_message_bytes;
+    let inference = GrpcInferenceServiceServer::new(service)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::INFERENCE_DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::INFERENCE_DESCRIPTOR)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let mut builder = Server::builder().tcp_nodelay(true);
+    if let Some(tls) = options.tls {
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(tls.cert, tls.key));
+        if let Some(ca) = tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = {
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let router = builder
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(inference);
+        runtime.spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }))
+    };
+    let running = Running {
+        runtime,
+        shared,
+        port,
+        health,
+        stop: Some(stop),
+        task: Some(task),
+    };
+    running.set_health(false);
+    Ok(running)
+}
+
+impl Running {
+    /// Health for the whole server ("") and the inference service.
+    pub fn set_health(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        let health = self.health.clone();
+        self.runtime.block_on(async move {
+            health.set_service_status("", status).await;
+            health.set_service_status(SERVICE_NAME, status).await;
+        });
+    }
+
+    /// Graceful stop: GOAWAY to every connection, wait for the requests they carry
+    /// (up to `grace`), then close.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(grace, task).await });
+        }
+    }
+}

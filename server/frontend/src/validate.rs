@@ -1,0 +1,153 @@
+//! Checks decoded tensors against a model's published signature, before anything is
+//! queued, so one bad request is refused alone (messages mirror `server/validation.py`).
+
+use crate::decode::{Data, Dtype, Tensor};
+use crate::errors::{short, Refusal};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    pub inputs: Vec<Spec>,
+    pub outputs: Vec<Spec>,
+    /// 0: the model does not batch; > 0: the first dimension is the batch dimension.
+    pub max_batch_size: i64,
+}
+
+fn names(specs: &[Spec]) -> String {
+    let mut names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    names.join(", ")
+}
+
+/// Rows of a valid request, with its tensors reordered to the signature's input order.
+pub fn validate_inputs(signature: &Signature, tensors: &mut Vec<Tensor>) -> Result<i64, Refusal> {
+    if let Some(unknown) = tensors
+        .iter()
+        .find(|t| !signature.inputs.iter().any(|s| s.name == t.name))
+    {
+        return Err(Refusal::invalid(format!(
+            "unknown input '{}'; the model takes {}",
+            short(&unknown.name),
+            names(&signature.inputs)
+        )));
+    }
+    let mut missing: Vec<&str> = signature
+        .inputs
+        .iter()
+        .filter(|s| !tensors.iter().any(|t| t.name == s.name))
+        .map(|s| s.name.as_str())
+        .collect();
+    missing.sort_unstable();
+    if let Some(first) = missing.first() {
+        return Err(Refusal::invalid(format!("missing input '{first}'")));
+    }
+    let batching = signature.max_batch_size > 0;
+    let mut rows: Option<i64> = None;
+    for spec in &signature.inputs {
+        let Some(tensor) = tensors.iter().find(|t| t.name == spec.name) else {
+            continue;
+        };
+        check_tensor(spec, tensor)?;
+        if batching {
+            let have = tensor.shape.first().copied().unwrap_or(0);
+            if have < 1 {
+                return Err(Refusal::invalid(format!(
+                    "input '{}': batch dimension is 0; send at least one row",
+                    spec.name
+                )));
+            }
+            match rows {
+                None => rows = Some(have),
+                Some(r) if r != have => {
+                    return Err(Refusal::invalid(format!(
+                        "input '{}': {have} rows, but other inputs have {r}; every input needs the same batch size",
+                        spec.name
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    tensors.sort_by_key(|t| signature.inputs.iter().position(|s| s.name == t.name));
+    Ok(rows.unwrap_or(1))
+}
+
+fn check_tensor(spec: &Spec, tensor: &Tensor) -> Result<(), Refusal> {
+    let got = tensor.dtype.name();
+    if got != spec.dtype {
+        return Err(Refusal::invalid(format!(
+            "input '{}': datatype {got}, but the model expects {}",
+            spec.name, spec.dtype
+        )));
+    }
+    if tensor.shape.len() != spec.shape.len() {
+        return Err(Refusal::invalid(format!(
+            "input '{}': {} dimensions (shape {:?}), but the model expects {} (shape {:?})",
+            spec.name,
+            tensor.shape.len(),
+            tensor.shape,
+            spec.shape.len(),
+            spec.shape
+        )));
+    }
+    for (axis, (&want, &have)) in spec.shape.iter().zip(&tensor.shape).enumerate() {
+        if want >= 0 && want != have {
+            return Err(Refusal::invalid(format!(
+                "input '{}': dimension {axis} is {have}, but the model expects {want} (shape {:?}, -1 = any)",
+                spec.name, spec.shape
+            )));
+        }
+    }
+    if tensor.dtype == Dtype::Bytes {
+        check_text(spec, tensor)?;
+    }
+    Ok(())
+}
+
+/// BYTES inputs feed ONNX string tensors, which must be UTF-8: checked per request so a
+/// bad one is refused alone instead of failing the batch it would have joined.
+fn check_text(spec: &Spec, tensor: &Tensor) -> Result<(), Refusal> {
+    if let Data::Bytes(items) = &tensor.data {
+        for (index, item) in items.iter().enumerate() {
+            if let Err(e) = std::str::from_utf8(item) {
+                return Err(Refusal::invalid(format!(
+                    "input '{}': BYTES element {index} is not valid UTF-8: {e}",
+                    spec.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The outputs to return, in order (None: every output), or INVALID_ARGUMENT.
+pub fn validate_outputs(
+    signature: &Signature,
+    requested: &[String],
+) -> Result<Option<Vec<String>>, Refusal> {
+    if requested.is_empty() {
+        return Ok(None);
+    }
+    for (index, name) in requested.iter().enumerate() {
+        if !signature.outputs.iter().any(|s| &s.name == name) {
+            return Err(Refusal::invalid(format!(
+                "unknown output '{}' requested; the model produces {}",
+                short(name),
+                names(&signature.outputs)
+            )));
+        }
+        if requested[..index].contains(name) {
+            return Err(Refusal::invalid(format!(
+                "output '{}' requested twice",
+                short(name)
+            )));
+        }
+    }
+    Ok(Some(requested.to_vec()))
+}
