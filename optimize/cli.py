@@ -8,19 +8,33 @@ The main `kairos` CLI calls `register(subparsers)`; `python -m kairos.optimize` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from kairos.optimize.errors import OptimizeError
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 1
+MAX_MESSAGE = 400
+
+
+def _one_line(text: str) -> str:
+    """Messages from onnxruntime span lines; the CLI's error is one line, of bounded length."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_MESSAGE else flat[:MAX_MESSAGE - 3] + "..."
 
 
 def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
     p.add_argument("model", help="fp32 model: an .onnx file or a repository folder <repo>/<model>")
-    p.add_argument("--eval-data", required=True, metavar="FILE",
-                   help="held-out rows (.npy, or .npz with x/inputs and optional y/labels)")
+    p.add_argument("--eval-data", metavar="FILE",
+                   help="held-out rows (.npy, or .npz with x/inputs or one array per input name, and "
+                   "optional y/labels); without it, size and speed are measured on random inputs "
+                   "and accuracy is not")
     p.add_argument("--eval-labels", metavar="FILE", help="labels .npy for --eval-data")
+    p.add_argument("--output", metavar="NAME", dest="judged_output",
+                   help="the model output to judge (default: probabilities/logits, else a label, "
+                   "else a regression output)")
     p.add_argument("--repeats", type=int, default=200, help="timed runs per batch size (default 200)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     p.add_argument("--provider", default="CPUExecutionProvider",
@@ -119,7 +133,8 @@ def _measure(args: argparse.Namespace):
     from kairos.optimize.runtime import check_provider
 
     check_provider(args.provider)
-    return Measure(_dataset(args.eval_data, args.eval_labels), args.repeats, args.threads, args.provider)
+    return Measure(_dataset(args.eval_data, args.eval_labels), args.repeats, args.threads, args.provider,
+                   args.judged_output)
 
 
 def _dest(args: argparse.Namespace):
@@ -181,8 +196,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         output = args.optimize_func(args)
     except OptimizeError as exc:
-        print(f"kairos optimize: error: {exc}", file=sys.stderr)
+        print(f"kairos optimize: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback on request
+        if os.environ.get("KAIROS_DEBUG"):
+            raise
+        print(f"kairos optimize: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+              "(a bug in Kairos; set KAIROS_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     print(output.report_md.read_text())
     print(f"wrote {output.model_path}\n      {output.report_json}\n      {output.report_md}")
     return 0

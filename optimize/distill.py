@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from kairos.optimize import runtime
-from kairos.optimize.data import model_io
+from kairos.optimize import outputs, runtime
+from kairos.optimize.data import model_inputs, model_io
 from kairos.optimize.errors import OptimizeError
-from kairos.optimize.graph import Flatten, Mlp, random_mlp
+from kairos.optimize.graph import Activation, Conv, Flatten, Mlp, random_mlp
 
 AUGMENTATIONS = ("none", "noise", "mixup")
 
@@ -40,24 +40,70 @@ def _ends_in_softmax(model: onnx.ModelProto) -> bool:
     return bool(model.graph.node) and model.graph.node[-1].op_type == "Softmax"
 
 
-def teacher_logits(teacher: Path, model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Teacher outputs as logits; a softmax output is logged (softmax is shift-invariant)."""
-    out = runtime.run(runtime.make_session(teacher), x)
-    return np.log(np.clip(out, 1e-12, None)) if _ends_in_softmax(model) else out
+def _probabilities(values: np.ndarray) -> bool:
+    """Rows of non-negative scores summing to 1: probabilities (softmax outputs)."""
+    return bool(values.size) and values.min() >= 0 and np.allclose(values.sum(1), 1, atol=1e-3)
 
 
-def student_for(model: onnx.ModelProto, hidden: list[int], seed: int) -> Mlp:
-    """A ReLU MLP with the teacher's input/output names and shapes."""
-    name, dims, classes = model_io(model)
-    if any(d is None for d in dims) or not classes:
-        raise OptimizeError("distillation needs a teacher with fixed row dims and a [batch, classes] output")
+def teacher_output(teacher: Path, feeds: dict[str, np.ndarray], output: str | None = None
+                   ) -> tuple[str, np.ndarray]:
+    """(name, values) of the teacher's class scores (probabilities or logits, or `output`)."""
+    out = runtime.run_all(runtime.make_session(teacher), feeds)
+    name = outputs.judged_output(out, output)
+    if outputs.role(out[name]) != outputs.SCORES:
+        raise OptimizeError(f"distillation needs class scores [batch, classes]; the teacher's output "
+                            f"'{name}' is a {outputs.role(out[name])} output (choose one with --output)")
+    return name, out[name].astype(np.float32)
+
+
+def teacher_scores(teacher: Path, feeds: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
+    return teacher_output(teacher, feeds, output)[1]
+
+
+def teacher_logits(teacher: Path, model: onnx.ModelProto, x: np.ndarray,
+                   output: str | None = None) -> np.ndarray:
+    """Teacher outputs as logits; probabilities are logged (softmax is shift-invariant).
+    The teacher runs only in onnxruntime, so it may be any ONNX classifier."""
+    out = teacher_scores(teacher, _feeds(model, x), output)
+    return np.log(np.clip(out, 1e-12, None)) if _probabilities(out) else out
+
+
+def _feeds(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    (spec,) = model_inputs(model)
+    return {spec.name: x.astype(spec.dtype, copy=False)}
+
+
+def student_for(model: onnx.ModelProto, hidden: list[int], seed: int, classes: int,
+                output_name: str, softmax: bool) -> Mlp:
+    """A ReLU MLP with the teacher's input name and row shape; image rows [C, H, W] get a
+    small CNN (a 3x3 conv of 8 channels in front)."""
+    specs = model_inputs(model)
+    if len(specs) != 1:
+        raise OptimizeError(f"distillation builds MLP and CNN students for one-input teachers; this "
+                            f"one has inputs {', '.join(s.name for s in specs)} (no encoder student yet)")
+    name, dims, _ = model_io(model)
+    if any(d is None for d in dims):
+        raise OptimizeError("distillation needs a teacher with fixed row dims")
+    if len(dims) == 3:
+        return _cnn_student(name, tuple(int(d) for d in dims), hidden, seed, classes, output_name, softmax)
     features = int(np.prod(dims))
-    student = random_mlp([features, *hidden, classes], seed, softmax=_ends_in_softmax(model))
+    student = random_mlp([features, *hidden, classes], seed, softmax=softmax)
     if len(dims) > 1:
         student.layers.insert(0, Flatten())
-    student.input_name, student.output_name = name, model.graph.output[0].name
+    student.input_name, student.output_name = name, output_name
     student.input_shape = tuple(int(d) for d in dims)
     return student
+
+
+def _cnn_student(name: str, dims: tuple[int, int, int], hidden: list[int], seed: int, classes: int,
+                 output_name: str, softmax: bool, channels: int = 8) -> Mlp:
+    rng = np.random.default_rng(seed)
+    c, h, w = dims
+    weight = (rng.standard_normal((channels, c, 3, 3)) * np.sqrt(2 / (9 * c))).astype(np.float32)
+    head = random_mlp([channels * h * w, *hidden, classes], seed, softmax=softmax)
+    layers = [Conv(weight, np.zeros(channels, np.float32), pads=(1, 1)), Activation("relu"), Flatten(),
+              *head.layers]
+    return Mlp(layers, name, output_name, dims)
 
 
 def transfer_set(x: np.ndarray, settings: DistillSettings, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,16 +123,18 @@ def transfer_set(x: np.ndarray, settings: DistillSettings, seed: int) -> tuple[n
     return rows, labelled
 
 
-def distill(teacher: Path, x: np.ndarray, y: np.ndarray, settings: DistillSettings, cfg
-            ) -> tuple[Mlp, Mlp]:
+def distill(teacher: Path, x: np.ndarray, y: np.ndarray, settings: DistillSettings, cfg,
+            output: str | None = None) -> tuple[Mlp, Mlp]:
     """(distilled student, the same student trained on hard labels only)."""
     from kairos.optimize import train
 
     settings.check()
     model = onnx.load(str(teacher))
-    student = student_for(model, settings.hidden, cfg.seed)
     rows, labelled = transfer_set(x, settings, cfg.seed)
-    soft = teacher_logits(teacher, model, rows)
+    name, scores = teacher_output(teacher, _feeds(model, rows), output)
+    softmax = _probabilities(scores)
+    soft = np.log(np.clip(scores, 1e-12, None)) if softmax else scores
+    student = student_for(model, settings.hidden, cfg.seed, scores.shape[1], name, softmax)
     labels = np.zeros(len(rows), np.int64)
     labels[: len(y)] = y
     distilled = train.train_mlp(student, rows, labels, cfg, soft_targets=soft, labelled=labelled)

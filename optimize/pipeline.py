@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from kairos.optimize import quantize as q
 from kairos.optimize import report as rp
-from kairos.optimize.data import Dataset, check_fits
+from kairos.optimize.data import Dataset, check_fits, feeds_for
 from kairos.optimize.errors import DataError, OptimizeError
 from kairos.optimize.graph import Mlp, build_model, load_onnx, read_mlp, save_model
 from kairos.optimize.prune import PruneSettings, prune_finetune, prune_oneshot, weight_sparsity
@@ -40,10 +40,12 @@ class Destination:
 
 @dataclass
 class Measure:
-    eval_data: Dataset
+    eval_data: Dataset | None  # None: random inputs, accuracy not measured
     repeats: int = 200
     threads: int = 1
     provider: str = "CPUExecutionProvider"
+    output: str | None = None  # the output to judge (default: picked by role)
+    batch_sizes: tuple[int, ...] = (1, 64)
 
 
 @contextmanager
@@ -67,7 +69,10 @@ def _finish(source: Source, target: Target, technique: str, settings: dict, meas
             warnings: list[str], notes: list[str] | None = None, slow_what: str | None = None,
             **extra: Any) -> Output:
     measured = rp.compare(source.path, target.model_path, measure.eval_data, measure.repeats,
-                          threads=measure.threads, provider=measure.provider)
+                          measure.batch_sizes, threads=measure.threads, provider=measure.provider,
+                          output=measure.output)
+    if measure.eval_data is None:
+        notes = [*(notes or []), rp.NO_EVAL_NOTE]
     if slow_what:
         warnings = [*warnings, rp.slow_warning(measured, slow_what)]
     report = rp.make_report(target.model_dir.name, technique, settings, measured, warnings, notes, **extra)
@@ -91,6 +96,7 @@ def quantize_model(model: Path | str, mode: str, measure: Measure, dest: Destina
     calib_check = (calibration if mode == "static" else None, "calibration data")
     with _start(model, dest, suffix, (measure.eval_data, "evaluation data"), calib_check) as (
             source, proto, target):
+        q.check_quantizable(proto, mode)
         settings: dict[str, Any] = {"mode": mode}
         notes: list[str] = []
         extra: dict[str, Any] = {}
@@ -101,7 +107,7 @@ def quantize_model(model: Path | str, mode: str, measure: Measure, dest: Destina
         elif mode == "static":
             settings |= _static_settings(method, per_channel, len(calibration), calibration_batch_size,
                                          activation_type, num_bins, num_quantized_bins, percentile)
-            ranges = q.static_int8(proto, target.model_path, calibration.x, method, per_channel,
+            ranges = q.static_int8(proto, target.model_path, feeds_for(calibration, proto), method, per_channel,
                                    calibration_batch_size, activation_type, num_bins=num_bins,
                                    num_quantized_bins=num_quantized_bins, percentile=percentile)
             extra["calibration_ranges"] = q.range_summary(ranges)
@@ -189,7 +195,7 @@ def distill_model(model: Path | str, settings: Any, train_data: Dataset, measure
         raise DataError(f"distillation needs labelled training data: {train_data.source} has no labels")
     with _start(model, dest, "distilled", (measure.eval_data, "evaluation data"),
                 (train_data, "training data")) as (source, proto, target):
-        distilled, hard = ds.distill(source.path, train_data.x, train_data.y, settings, cfg)
+        distilled, hard = ds.distill(source.path, train_data.x, train_data.y, settings, cfg, measure.output)
         save_model(build_model(distilled), target.model_path)
         students = [_student("distilled (soft + hard targets)", distilled, target.model_path, source, measure),
                     _student("hard labels only", hard, None, source, measure)]
@@ -203,13 +209,16 @@ def _student(name: str, mlp: Mlp, path: Path | None, source: Source, measure: Me
     import tempfile
 
     from kairos.optimize import runtime
+    from kairos.optimize.distill import teacher_scores
 
+    data = measure.eval_data
+    feeds = rp.eval_feeds(source.path, data)
     with tempfile.TemporaryDirectory(prefix="kairos-student-") as tmp:
         path = path or save_model(build_model(mlp), Path(tmp) / "student.onnx")
-        out = runtime.run(runtime.make_session(path), measure.eval_data.x)
+        out = runtime.run(runtime.make_session(path), next(iter(feeds.values())).astype(np.float32))
         size = path.stat().st_size
-    base = runtime.run(runtime.make_session(source.path), measure.eval_data.x)
-    metrics = rp.output_metrics(base, out, measure.eval_data.y)
+    base = teacher_scores(source.path, feeds, measure.output)
+    metrics = rp.output_metrics(base, out, None if data is None else data.y)
     return {"name": name, "hidden": mlp.hidden_sizes(), "size_bytes": size,
             "accuracy": metrics.get("accuracy"), "top1_agreement": metrics["top1_agreement"],
             "max_abs_deviation": metrics["max_abs_deviation"]}
@@ -219,12 +228,13 @@ def report_model(variant: Path | str, baseline: Path | str, measure: Measure) ->
     """`kairos optimize report`: re-measure an existing variant against its original and
     rewrite its report (keeping the technique and settings recorded when it was made)."""
     var, base = resolve_source(variant), resolve_source(baseline)
-    check_fits(measure.eval_data, load_onnx(base.path), "evaluation data")
-    check_fits(measure.eval_data, load_onnx(var.path), "evaluation data")
+    if measure.eval_data is not None:
+        check_fits(measure.eval_data, load_onnx(base.path), "evaluation data")
+        check_fits(measure.eval_data, load_onnx(var.path), "evaluation data")
     folder = var.model_dir or var.path.parent
     previous = _previous_report(folder / "report.json")
-    measured = rp.compare(base.path, var.path, measure.eval_data, measure.repeats, threads=measure.threads,
-                          provider=measure.provider)
+    measured = rp.compare(base.path, var.path, measure.eval_data, measure.repeats, measure.batch_sizes,
+                          threads=measure.threads, provider=measure.provider, output=measure.output)
     technique = previous.get("technique", "unknown")
     # Speed warnings quote measurements: replace the old ones with this run's.
     warnings = [w for w in previous.get("warnings", []) if rp.SLOW_MARK not in w]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from kairos.optimize.data import fixed_batch
 from kairos.optimize.errors import OptimizeError, UnsupportedGraphError
 from kairos.optimize.graph import build_model, read_mlp, save_model
 from onnxruntime.quantization import (
@@ -57,6 +58,31 @@ def _quiet_ort() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# The operators int8 quantization and fp16 conversion actually change.
+WEIGHTED_OPS = ("MatMul", "Conv", "Gemm", "ConvTranspose", "Attention", "LSTM", "GRU", "RNN", "MatMulInteger",
+                "ConvInteger", "QLinearMatMul", "QLinearConv")
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                 "ConvInteger", "QLinearMatMul", "QLinearConv")
+
+
+def check_quantizable(model: onnx.ModelProto, mode: str) -> None:
+    """Refuse, in one line, a model that int8 / fp16 cannot change."""
+    ops = [n.op_type for n in model.graph.node]
+    present = sorted(set(ops))
+    if any(op in QUANTIZED_OPS for op in ops):
+        raise OptimizeError(f"the model is already quantized (it has {', '.join(o for o in present if o in QUANTIZED_OPS)}); "
+                            "quantize its fp32 original instead")
+    if not any(op in WEIGHTED_OPS for op in ops):
+        what = "nothing to convert to fp16" if mode == "fp16" else "nothing to quantize"
+        raise OptimizeError(f"{what}: the model has no MatMul/Conv/Gemm (it computes with "
+                            f"{', '.join(present) or 'no operators'})")
+    input_types = {i.type.tensor_type.elem_type for i in model.graph.input}
+    init_types = {t.data_type for t in model.graph.initializer}
+    if onnx.TensorProto.FLOAT not in init_types | input_types and onnx.TensorProto.FLOAT16 in init_types:
+        detail = "it is already fp16" if mode == "fp16" else "int8 quantization needs fp32 weights"
+        raise OptimizeError(f"the model computes in fp16 ({detail}); quantize its fp32 original instead")
+
+
 def canonical_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with Gemm rewritten as MatMul+Add when the graph is in the supported
     subset: onnxruntime's dynamic quantizer skips Gemm, so it would stay fp32."""
@@ -85,8 +111,8 @@ def dynamic_int8(model: onnx.ModelProto, out: Path, per_channel: bool = False,
 
 
 class _Batches(CalibrationDataReader):
-    def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
-        self._items = iter([{input_name: b} for b in batches])
+    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
+        self._items = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._items, None)
@@ -99,7 +125,8 @@ def split_batches(x: np.ndarray, batch_size: int) -> tuple[list[np.ndarray], np.
     return batches, (x[full:] if full < len(x) else None)
 
 
-def calibrate(model: onnx.ModelProto, x: np.ndarray, method: str = "minmax", batch_size: int = 64,
+def calibrate(model: onnx.ModelProto, x: np.ndarray | dict[str, np.ndarray], method: str = "minmax",
+              batch_size: int = 64,
               num_bins: int = 2048, num_quantized_bins: int = 128,
               percentile: float = 99.999, symmetric: bool | None = None) -> TensorsData:
     """Activation ranges of `model` on calibration rows `x`.
@@ -113,9 +140,16 @@ def calibrate(model: onnx.ModelProto, x: np.ndarray, method: str = "minmax", bat
     options = {"num_bins": num_bins, "num_quantized_bins": num_quantized_bins, "percentile": percentile}
     if symmetric is not None:
         options["symmetric"] = symmetric
-    input_name = model.graph.input[0].name
-    batch_size = max(1, min(batch_size, len(x)))
-    full, rest = split_batches(x, batch_size)
+    feeds = x if isinstance(x, dict) else {model.graph.input[0].name: x}
+    rows = len(next(iter(feeds.values())))
+    fixed = fixed_batch(model)
+    batch_size = fixed or max(1, min(batch_size, rows))
+    if fixed and rows < fixed:
+        raise OptimizeError(f"calibration needs at least {fixed} rows for a model with a fixed batch "
+                            f"of {fixed}; got {rows}")
+    split = {k: split_batches(v, batch_size) for k, v in feeds.items()}
+    full = [{k: split[k][0][i] for k in feeds} for i in range(len(next(iter(split.values()))[0]))]
+    rest = None if fixed or next(iter(split.values()))[1] is None else {k: split[k][1] for k in feeds}
     with tempfile.TemporaryDirectory(prefix="kairos-calib-") as tmp, _quiet_ort(), \
             redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
         src = save_model(model, Path(tmp) / "model.onnx")
@@ -123,11 +157,12 @@ def calibrate(model: onnx.ModelProto, x: np.ndarray, method: str = "minmax", bat
                                        calibrate_method=METHODS[method], extra_options=options)
         for batches in (full, [rest] if rest is not None else []):
             if batches:
-                calibrator.collect_data(_Batches(input_name, batches))
+                calibrator.collect_data(_Batches(batches))
         return calibrator.compute_data()
 
 
-def static_int8(model: onnx.ModelProto, out: Path, calibration: np.ndarray, method: str = "minmax",
+def static_int8(model: onnx.ModelProto, out: Path, calibration: np.ndarray | dict[str, np.ndarray],
+                method: str = "minmax",
                 per_channel: bool = False, batch_size: int = 64, activation_type: str = "quint8",
                 **calib_options: float) -> TensorsData:
     """Static QDQ int8: QInt8 weights, and by default QUInt8 activations (u8 x s8 is the

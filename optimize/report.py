@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kairos.optimize import runtime
-from kairos.optimize.data import Dataset
+import onnx
+from kairos.optimize import outputs, runtime
+from kairos.optimize.data import Dataset, feeds_for, synthetic_feeds
+from kairos.optimize.errors import OptimizeError
 
 # A variant no faster than this (variant time / original time) gets a warning.
 NO_SPEEDUP_RATIO = 1.10
@@ -22,23 +24,32 @@ DYNAMIC_INT8_NOTE = (
 )
 
 
+NO_EVAL_NOTE = ("No --eval-data: accuracy was not measured, and agreement and deviation were "
+                "measured on random inputs, which need not resemble real data; pass --eval-data "
+                "(and --eval-labels) to measure them.")
+
+
 def output_metrics(base: np.ndarray, out: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
-    """Accuracy (when labelled), top-1 agreement and max |deviation| of `out` against `base`."""
-    metrics: dict[str, Any] = {
-        "top1_agreement": float(np.mean(base.argmax(1) == out.argmax(1))),
-        "max_abs_deviation": float(np.max(np.abs(base - out))),
-    }
-    if labels is not None:
-        metrics["accuracy"] = float(np.mean(out.argmax(1) == labels))
-    return metrics
+    """Accuracy (when labelled), top-1 agreement and max |deviation| of `out` against `base`,
+    by the output's role (scores, label, regression): see kairos.optimize.outputs."""
+    return outputs.metrics(base, out, labels)
 
 
-def batch_dependence(session, x: np.ndarray, rows: int = 64) -> float:
-    """Max |row computed alone - same row inside a batch|: nonzero means batching changes answers."""
-    x = runtime.rows_for_batch(x, rows)
-    alone = runtime.run(session, x, batch_size=1)
-    together = runtime.run(session, x, batch_size=rows)
-    return float(np.max(np.abs(alone - together)))
+def batch_dependence(session, feeds: np.ndarray | dict[str, np.ndarray], rows: int = 64,
+                     output: str | None = None) -> float | None:
+    """Max |row computed alone - same row inside a batch| over the float outputs (or just
+    `output`): nonzero means batching changes answers. None for a fixed-batch model."""
+    if runtime.session_batch(session):
+        return None
+    if not isinstance(feeds, dict):
+        feeds = {session.get_inputs()[0].name: feeds}
+    feeds = {k: runtime.rows_for_batch(v, rows) for k, v in feeds.items()}
+    alone = runtime.run_all(session, feeds, batch_size=1)
+    together = runtime.run_all(session, feeds, batch_size=rows)
+    names = [output] if output else list(alone)
+    diffs = [float(np.max(np.abs(alone[n].astype(np.float64) - together[n]))) for n in names
+             if np.issubdtype(alone[n].dtype, np.floating) and alone[n].size]
+    return max(diffs, default=0.0)
 
 
 def accuracy_block(base_acc: float | None, var_acc: float | None) -> dict[str, float] | None:
@@ -47,32 +58,53 @@ def accuracy_block(base_acc: float | None, var_acc: float | None) -> dict[str, f
     return {"baseline": base_acc, "variant": var_acc, "delta_points": (var_acc - base_acc) * 100}
 
 
-def compare(baseline: Path, variant: Path, data: Dataset, repeats: int = 200,
+def eval_feeds(baseline: Path, data: Dataset | None) -> dict[str, np.ndarray]:
+    """The evaluation inputs for the model at `baseline` (random ones without data)."""
+    model = onnx.load(str(baseline), load_external_data=False)
+    return synthetic_feeds(model) if data is None else feeds_for(data, model)
+
+
+def compare(baseline: Path, variant: Path, data: Dataset | None, repeats: int = 200,
             batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1, block: int = 20,
-            provider: str = runtime.PROVIDER) -> dict[str, Any]:
-    """All report measurements for `variant` against `baseline` on `data`."""
+            provider: str = runtime.PROVIDER, output: str | None = None) -> dict[str, Any]:
+    """All report measurements for `variant` against `baseline` on `data` (random inputs
+    when None: then nothing about accuracy can be said). `output` names the output to
+    judge (default: picked by kairos.optimize.outputs.judged_output)."""
     base_s = runtime.make_session(baseline, threads, provider)
     var_s = runtime.make_session(variant, threads, provider)
-    base_out, var_out = runtime.run(base_s, data.x), runtime.run(var_s, data.x)
-    metrics = output_metrics(base_out, var_out, data.y)
-    base_acc = output_metrics(base_out, base_out, data.y).get("accuracy")
-    latency = runtime.measure_latency({"baseline": baseline, "variant": variant}, data.x,
+    feeds = eval_feeds(baseline, data)
+    base_all, var_all = runtime.run_all(base_s, feeds), runtime.run_all(var_s, feeds)
+    name = outputs.judged_output(base_all, output)
+    if name not in var_all:
+        raise OptimizeError(f"the variant has no output '{name}' (it has {', '.join(var_all)})")
+    labels = None if data is None else data.y
+    judged = outputs.metrics(base_all[name], var_all[name], labels)
+    base_acc = outputs.metrics(base_all[name], base_all[name], labels).get("accuracy")
+    fixed = runtime.session_batch(base_s)
+    batch_sizes = (fixed,) if fixed else batch_sizes
+    latency = runtime.measure_latency({"baseline": baseline, "variant": variant}, feeds,
                                       batch_sizes, repeats, max(5, repeats // 10), threads, block, provider)
     size_b, size_v = baseline.stat().st_size, variant.stat().st_size
+    rows = len(next(iter(feeds.values())))
     return {
         "baseline": {"path": str(baseline), "size_bytes": size_b},
         "model": {"path": str(variant), "size_bytes": size_v, "size_ratio": size_v / size_b},
-        "eval": {"source": data.source, "rows": len(data), "labelled": data.y is not None},
-        "accuracy": accuracy_block(base_acc, metrics.get("accuracy")),
-        "top1_agreement": metrics["top1_agreement"],
-        "max_abs_deviation": metrics["max_abs_deviation"],
-        "batch_dependence": {"baseline": batch_dependence(base_s, data.x),
-                             "variant": batch_dependence(var_s, data.x)},
+        "eval": {"source": "random inputs (no --eval-data)" if data is None else data.source,
+                 "rows": rows, "labelled": labels is not None, "synthetic": data is None},
+        "judged_output": {"name": name, "role": judged["role"]},
+        "accuracy": accuracy_block(base_acc, judged.get("accuracy")),
+        "top1_agreement": judged.get("top1_agreement"),
+        "max_abs_deviation": judged.get("max_abs_deviation"),
+        "regression_error": {k: judged[k] for k in ("mean_abs_error", "rmse") if k in judged} or None,
+        "outputs": {n: outputs.metrics(base_all[n], var_all[n], None) for n in base_all if n in var_all},
+        "batch_dependence": {"baseline": None if fixed else batch_dependence(base_s, feeds, output=name),
+                             "variant": None if fixed else batch_dependence(var_s, feeds, output=name)},
         "latency_ms": {str(b): _latency_row(latency, b) for b in batch_sizes},
         "latency_setup": {"provider": provider, "intra_op_threads": threads,
                           "graph_optimization": "ORT_ENABLE_ALL", "repeats": repeats,
                           "statistic": "median", "method": f"the two models alternate in turns of "
-                          f"{min(block, repeats)} consecutive runs (warm caches)"},
+                          f"{min(block, repeats)} consecutive runs (warm caches)"
+                          + (f"; fixed batch dimension: batch {fixed} only" if fixed else "")},
     }
 
 
@@ -113,6 +145,10 @@ def _pct(value: float) -> str:
     return f"{value * 100:.2f}%"
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as a Markdown page: a summary table, latency table, warnings and notes."""
     acc = report.get("accuracy")
@@ -124,10 +160,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     if acc:
         lines.append(f"| accuracy ({report['eval']['rows']} rows) | {_pct(acc['baseline'])} | "
                      f"{_pct(acc['variant'])} ({acc['delta_points']:+.2f} points) |")
-    lines += [f"| top-1 agreement with original | - | {_pct(report['top1_agreement'])} |",
-              f"| max abs output deviation | - | {report['max_abs_deviation']:.4g} |",
-              f"| batch dependence (row alone vs in batch 64) | {report['batch_dependence']['baseline']:.3g} "
-              f"| {report['batch_dependence']['variant']:.3g} |"]
+    judged = report.get("judged_output") or {}
+    if judged:
+        lines.append(f"| judged output | - | `{judged['name']}` ({judged['role']}) |")
+    if report.get("top1_agreement") is not None:
+        what = "label agreement" if judged.get("role") == outputs.LABEL else "top-1 agreement"
+        lines.append(f"| {what} with original | - | {_pct(report['top1_agreement'])} |")
+    if report.get("max_abs_deviation") is not None:
+        lines.append(f"| max abs output deviation | - | {report['max_abs_deviation']:.4g} |")
+    for key, value in (report.get("regression_error") or {}).items():
+        lines.append(f"| {key.replace('_', ' ')} against original | - | {value:.4g} |")
+    dep = report["batch_dependence"]
+    lines.append(f"| batch dependence (row alone vs in batch 64) | {_num(dep['baseline'])} "
+                 f"| {_num(dep['variant'])} |")
     lines += ["", "| batch | original ms (median) | variant ms (median) | speed-up |", "|---|---|---|---|"]
     lines += [f"| {b} | {r['baseline']:.4f} | {r['variant']:.4f} | {r['speedup']:.2f}x |"
               for b, r in report["latency_ms"].items()]

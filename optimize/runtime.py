@@ -36,14 +36,39 @@ def make_session(path: Path | str, threads: int = 1, provider: str = PROVIDER) -
         raise OptimizeError(f"onnxruntime cannot load {path}: {exc}") from None
 
 
-def run(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The first output for all rows of `x`, computed `batch_size` rows at a time."""
-    name = session.get_inputs()[0].name
+def session_batch(session: ort.InferenceSession) -> int | None:
+    """The fixed batch size of a session whose inputs' first dim is a number (else None)."""
+    dims = [i.shape[0] if i.shape else None for i in session.get_inputs()]
+    return dims[0] if dims and all(isinstance(d, int) and d > 0 for d in dims) else None
+
+
+def run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
+            batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Every output, by name, for all rows of `feeds`, computed `batch_size` rows at a time
+    (a fixed-batch model in chunks of its batch, the last one padded and trimmed)."""
+    fixed = session_batch(session)
+    step = fixed or batch_size
+    rows = len(next(iter(feeds.values())))
+    names = [o.name for o in session.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     try:
-        parts = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+        for i in range(0, rows, step):
+            chunk = {k: v[i:i + step] for k, v in feeds.items()}
+            got = len(next(iter(chunk.values())))
+            if fixed and got < fixed:
+                chunk = {k: rows_for_batch(v, fixed) for k, v in chunk.items()}
+            for name, value in zip(names, session.run(names, chunk), strict=True):
+                parts[name].append(value[:got] if fixed else value)
     except Exception as exc:  # onnxruntime's own exception types (wrong dtype, shape, ...)
-        raise OptimizeError(f"onnxruntime could not run the model on input '{name}': {exc}") from None
-    return np.concatenate(parts).astype(np.float32, copy=False)
+        raise OptimizeError(f"onnxruntime could not run the model on inputs "
+                            f"{', '.join(feeds)}: {exc}") from None
+    return {n: np.concatenate(p) if p[0].ndim else p[0] for n, p in parts.items()}
+
+
+def run(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The first output for all rows of `x` (a one-input model), as float32."""
+    out = run_all(session, {session.get_inputs()[0].name: x}, batch_size)
+    return next(iter(out.values())).astype(np.float32, copy=False)
 
 
 def rows_for_batch(x: np.ndarray, batch: int) -> np.ndarray:
@@ -52,7 +77,7 @@ def rows_for_batch(x: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x] * reps)[:batch])
 
 
-def measure_latency(paths: dict[str, Path], x: np.ndarray, batch_sizes: tuple[int, ...] = (1, 64),
+def measure_latency(paths: dict[str, Path], x: np.ndarray | dict[str, np.ndarray], batch_sizes: tuple[int, ...] = (1, 64),
                     repeats: int = 200, warmup: int = 20, threads: int = 1,
                     block: int = 20, provider: str = PROVIDER) -> dict[str, dict[int, float]]:
     """Median milliseconds per run for each model and batch size.
@@ -65,17 +90,19 @@ def measure_latency(paths: dict[str, Path], x: np.ndarray, batch_sizes: tuple[in
     sessions = {key: make_session(path, threads, provider) for key, path in paths.items()}
     result: dict[str, dict[int, float]] = {key: {} for key in sessions}
     for batch in batch_sizes:
-        feed = rows_for_batch(x, batch)
+        feed = {k: rows_for_batch(v, batch) for k, v in x.items()} if isinstance(x, dict) \
+            else rows_for_batch(x, batch)
         samples = _interleaved(sessions, feed, repeats, warmup, max(1, min(block, repeats)))
         for key, times in samples.items():
             result[key][batch] = statistics.median(times) * 1e3
     return result
 
 
-def _interleaved(sessions: dict[str, ort.InferenceSession], feed: np.ndarray,
+def _interleaved(sessions: dict[str, ort.InferenceSession], feed: np.ndarray | dict[str, np.ndarray],
                  repeats: int, warmup: int, block: int) -> dict[str, list[float]]:
     keys = list(sessions)
-    feeds = {k: {s.get_inputs()[0].name: feed} for k, s in sessions.items()}
+    feeds = {k: feed if isinstance(feed, dict) else {s.get_inputs()[0].name: feed}
+             for k, s in sessions.items()}
     for k in keys:
         for _ in range(warmup):
             sessions[k].run(None, feeds[k])
