@@ -108,10 +108,18 @@ class FakeV2Servicer(pb_grpc.GRPCInferenceServiceServicer):
         config = mc.ModelConfig(name=request.name, platform="fake", max_batch_size=8)
         config.input.add(name="x", data_type=mc.TYPE_FP32, dims=[2])
         config.output.add(name="x_out", data_type=mc.TYPE_FP32, dims=[2])
-        config.parameters["latency_table"].string_value = "1:0.2ms 8:0.3ms"
-        config.parameters["scheduler"].string_value = json.dumps(
-            {"policy": "slo", "latency_table": [{"batch_size": 1, "predicted_s": 0.0002}]}
-        )
+        # The layout a real Kairos server sends (server/transport/describe.py); the CLI's
+        # describe test checks the same layout against a real server too.
+        config.parameters["kairos.policy"].string_value = "slo"
+        config.parameters["kairos.slo_ms"].string_value = "20"
+        config.parameters["kairos.scheduler"].string_value = json.dumps({
+            "policy": "slo",
+            "latency_table": [
+                {"batch_size": 1, "predicted_s": 0.0002, "observations": 40},
+                {"batch_size": 8, "predicted_s": 0.0003, "observations": 40},
+            ],
+            "queue": {"requests": 0, "rows": 0},
+        })
         return pb.ModelConfigResponse(config=config)
 
     def ModelStatistics(self, request, context):

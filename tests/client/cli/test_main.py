@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,17 @@ import numpy as np
 import pytest
 from kairos.client.cli import main as cli_main
 
+# The console script the package installs, beside this interpreter (a venv's bin/) or on
+# PATH. No fallback to `python -m`: a missing or broken console script must fail these tests.
 KAIROS = shutil.which("kairos", path=os.path.dirname(sys.executable)) or shutil.which("kairos")
-ENTRY = [KAIROS] if KAIROS else [sys.executable, "-m", "kairos.client.cli.main"]
+ENTRY = [KAIROS] if KAIROS else []
+# One laid-out row of the latency table L(b), as `models describe` prints it.
+LATENCY_ROW = re.compile(r'^      \{"batch_size": \d+, "predicted_s": [0-9.e+-]+, "observations": \d+\}$')
 
 
 def kairos(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The installed `kairos` in a subprocess."""
+    """The installed `kairos` console script in a subprocess."""
+    assert KAIROS, f"the `kairos` console script is not installed (beside {sys.executable} or on PATH)"
     env = {k: v for k, v in os.environ.items() if k not in ("KAIROS_URL", "KAIROS_TOKEN")}
     result = subprocess.run(
         [*ENTRY, *args], capture_output=True, text=True, timeout=timeout, env=env
@@ -60,6 +66,49 @@ def cli(capsys, monkeypatch):
 
 
 # -- help and usage ---------------------------------------------------------------------------
+
+
+def test_the_console_script_is_installed_and_runs_this_package():
+    assert KAIROS, f"the `kairos` console script is not installed (beside {sys.executable} or on PATH)"
+    with open(KAIROS, "rb") as script:
+        first_line = script.readline().decode(errors="replace")
+    assert first_line.startswith("#!") and "python" in first_line, first_line
+    result = kairos("--help")
+    assert result.returncode == 0 and "usage: kairos" in result.stdout
+
+
+def assert_describe_layout(stdout: str, policy: str) -> None:
+    """`models describe` text: Kairos's parameters laid out, the scheduler's JSON one field a
+    line and its latency table one row a line (the layout a real Kairos server sends)."""
+    lines = stdout.splitlines()
+    assert "config parameters:" in lines, stdout
+    assert f"  kairos.policy: {policy}" in lines, stdout
+    start = lines.index("  kairos.scheduler:")
+    assert f'    policy: "{policy}"' in lines[start:], stdout
+    table = lines.index("    latency_table:", start)
+    rows = []
+    for line in lines[table + 1:]:
+        if not line.startswith("      "):
+            break
+        rows.append(line)
+    assert rows and all(LATENCY_ROW.match(row) for row in rows), rows
+    assert any(line.startswith('    queue: {"requests": ') for line in lines[start:]), stdout
+
+
+def assert_describe_json(document: dict, model: str, policy: str) -> dict:
+    """`models describe --json`: metadata, config and statistics as the server sent them;
+    the scheduler parameter is JSON with the policy and L(b). Returns that scheduler state."""
+    assert set(document) == {"metadata", "config", "statistics"}
+    assert document["metadata"]["name"] == model and document["config"]["name"] == model
+    parameters = document["config"]["parameters"]
+    assert parameters["kairos.policy"] == {"string_value": policy}
+    scheduler = json.loads(parameters["kairos.scheduler"]["string_value"])
+    assert scheduler["policy"] == policy
+    table = scheduler["latency_table"]
+    assert table and all(set(row) == {"batch_size", "predicted_s", "observations"} for row in table)
+    sizes = [row["batch_size"] for row in table]
+    assert sizes == sorted(sizes) and sizes[0] == 1
+    return scheduler
 
 
 def test_help_lists_every_command():
@@ -186,9 +235,13 @@ def test_infer_bad_npy_file(fake_server, tmp_path, cli):
 def test_models_describe_lays_out_json_parameters(fake_server, cli):
     result = cli("models", "describe", "identity", "--url", fake_server.address)
     assert result.returncode == 0, result.stderr
-    assert "  latency_table: 1:0.2ms 8:0.3ms" in result.stdout
-    assert '      {"batch_size": 1, "predicted_s": 0.0002}' in result.stdout
+    assert_describe_layout(result.stdout, "slo")
+    assert '      {"batch_size": 1, "predicted_s": 0.0002, "observations": 40}' in result.stdout
+    assert "  kairos.slo_ms: 20" in result.stdout
     assert "inference_count: 3" in result.stdout
+    as_json = json.loads(cli("models", "describe", "identity", "--json", "--url",
+                             fake_server.address).stdout)
+    assert_describe_json(as_json, "identity", "slo")
 
 
 # -- against a real Kairos server -------------------------------------------------------------
@@ -241,8 +294,14 @@ def test_models_list_describe_unload_load(kairos_server, cli):
     assert described.returncode == 0, described.stderr
     assert "  a  FP32 [-1, 4]" in described.stdout
     assert "config:" in described.stdout and "statistics:" in described.stdout
+    assert_describe_layout(described.stdout, "slo")  # the real server's layout
     as_json = json.loads(cli("models", "describe", "add_sub", "--json", *url).stdout)
-    assert set(as_json) == {"metadata", "config", "statistics"}
+    scheduler = assert_describe_json(as_json, "add_sub", "slo")
+    assert scheduler["max_batch_size"] == as_json["config"]["max_batch_size"] == 64
+    inputs = as_json["metadata"]["inputs"]
+    assert [(t["name"], t["datatype"], t["shape"]) for t in inputs] == [
+        ("a", "FP32", ["-1", "4"]), ("b", "FP32", ["-1", "4"])
+    ]
 
     unloaded = cli("models", "unload", "identity_fp64", *url)
     try:
@@ -273,6 +332,7 @@ def test_serve_runs_the_server_until_sigterm(tmp_path, cli):
     from kairos_testing.models import identity, write_model
     from kairos_testing.server import stop_process
 
+    assert KAIROS, "the `kairos` console script is not installed"
     write_model(tmp_path / "repo", "identity", identity())
     port_file = tmp_path / "ports.json"
     log = tmp_path / "serve.log"
