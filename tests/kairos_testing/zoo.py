@@ -5,10 +5,11 @@ scikit-learn and skl2onnx only (never Kairos's generated stubs), so the tritoncl
 tests can use it too.
 
 Models whose accuracy the reports show are trained on scikit-learn's digits data:
-the scikit-learn ones by scikit-learn; the neural ones as random-feature networks
-(random convolution / attention / recurrent weights, batch-norm statistics measured
-on the data) whose classifier head is a logistic regression fitted on the backbone's
-features. A "text" task comes from the same digits: each lit pixel is a token
+the scikit-learn ones by scikit-learn; the CNNs by torch (the architecture is written
+once against `Graph`'s layer calls, trained through `TorchOps`, then emitted with
+onnx.helper); the encoder and the GRU as random-feature networks (random attention /
+recurrent weights) whose classifier head is a logistic regression fitted on the
+backbone's features. A "text" task comes from the same digits: each lit pixel is a token
 (position x 4 intensity levels), so sequences have 10 to 50 tokens.
 
 Built models are cached under $KAIROS_ZOO_CACHE (default: a temp folder keyed by this
@@ -85,11 +86,12 @@ def token_lengths(x: np.ndarray) -> np.ndarray:
 class Graph:
     """Nodes and initializers under construction, with unique names."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, trained: list[list[np.ndarray]] | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.rng = np.random.default_rng(seed)
         self._count = 0
+        self._trained = iter(trained or [])  # conv / bn parameters in call order (TorchOps)
 
     def name(self, hint: str) -> str:
         self._count += 1
@@ -119,12 +121,14 @@ class Graph:
     def conv(self, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, group: int = 1) -> str:
         fan_in = cin // group * k * k
         w = self.rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / fan_in)
+        w = next(self._trained, [w])[0]
         return self.op("Conv", [x, self.const(w.astype(np.float32), "w")], "conv", kernel_shape=[k, k],
                        strides=[stride, stride], pads=[k // 2] * 4, group=group)
 
     def bn(self, x: str, c: int) -> str:
         r = self.rng
         params = [r.uniform(0.6, 1.4, c), r.normal(0, 0.1, c), r.normal(0, 0.2, c), r.uniform(0.5, 2.0, c)]
+        params = next(self._trained, params)
         return self.op("BatchNormalization", [x, *(self.const(p.astype(np.float32), "bn") for p in params)],
                        "bn", epsilon=1e-5)
 
@@ -188,38 +192,127 @@ def sequences(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, 8, 8)  # 8 time steps of 8 features (the image's rows)
 
 
-def build_resnet() -> onnx.ModelProto:
-    """ResNet-style: conv-BN-ReLU stem, two residual blocks (identity, then strided with a
-    projection shortcut), global average pooling, linear head. image [batch, 1, 8, 8]."""
-    g, d = Graph(1), digits()
-    x = g.op("Relu", [g.bn(g.conv("image", 1, 32), 32)])
-    # identity block
+class TorchOps:
+    """The same layer calls as `Graph`, run by torch: an architecture written once against
+    conv / bn / op is trained here, then emitted as ONNX by `Graph` with these weights."""
+
+    def __init__(self) -> None:
+        self.modules: list = []
+        self._next = 0
+
+    def _module(self, make):
+        if self._next == len(self.modules):
+            self.modules.append(make())
+        module = self.modules[self._next]
+        self._next += 1
+        return module
+
+    def conv(self, x, cin: int, cout: int, k: int = 3, stride: int = 1, group: int = 1):
+        from torch import nn
+
+        return self._module(lambda: nn.Conv2d(cin, cout, k, stride, k // 2, groups=group, bias=False))(x)
+
+    def bn(self, x, c: int):
+        from torch import nn
+
+        return self._module(lambda: nn.BatchNorm2d(c, eps=1e-5))(x)
+
+    def op(self, op_type: str, inputs: list, hint: str | None = None, **attrs):
+        import torch.nn.functional as F
+
+        x = inputs[0]
+        return {"Relu": F.relu, "HardSwish": F.hardswish, "Add": lambda v: v + inputs[1],
+                "GlobalAveragePool": lambda v: v.mean((2, 3), keepdim=True),
+                "Flatten": lambda v: v.flatten(1)}[op_type](x)
+
+    def parameters(self) -> list:
+        return [p for m in self.modules for p in m.parameters()]
+
+    def exported(self) -> list[list[np.ndarray]]:
+        out = []
+        for m in self.modules:
+            if hasattr(m, "running_mean"):
+                out.append([t.detach().numpy().astype(np.float32) for t in
+                            (m.weight, m.bias, m.running_mean, m.running_var)])
+            else:
+                out.append([m.weight.detach().numpy().astype(np.float32)])
+        return out
+
+
+def _train_cnn(arch: Callable, features: int, epochs: int = 8, seed: int = 0):
+    """Train `arch` (+ a linear head) on the digit images with torch; returns (trained conv/bn
+    parameters in call order, head W [F, 10], head b)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        d, ops = digits(), TorchOps()
+        x, y = torch.from_numpy(images(d.x_train)), torch.from_numpy(d.y_train)
+        arch(ops, x[:2])  # create the modules
+        head = nn.Linear(features, 10)
+        opt = torch.optim.Adam([*ops.parameters(), *head.parameters()], lr=3e-3)
+        gen = torch.Generator().manual_seed(seed)
+        for m in ops.modules:
+            m.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=gen).split(64):
+                ops._next = 0
+                loss = nn.functional.cross_entropy(head(arch(ops, x[idx])), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        w, b = head.weight.detach().numpy().T.copy(), head.bias.detach().numpy().copy()
+        return ops.exported(), w.astype(np.float32), b.astype(np.float32)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cnn(name: str, arch: Callable, features: int, seed: int) -> onnx.ModelProto:
+    trained, w, b = _train_cnn(arch, features, seed=seed)
+    g = Graph(seed, trained)
+    feat = arch(g, "image")
+    g.nodes.append(helper.make_node("Gemm", [feat, g.const(w, "head_w"), g.const(b, "head_b")],
+                                    ["logits"], name="head"))
+    return g.model(name, [_tensor("image", FLOAT, ["batch", 1, 8, 8])], [_tensor("logits", FLOAT, ["batch", 10])])
+
+
+def resnet_arch(g, x):
+    """conv-BN-ReLU stem, an identity residual block, a strided block with a projection
+    shortcut, global average pooling -> features [batch, 64]."""
+    x = g.op("Relu", [g.bn(g.conv(x, 1, 32), 32)])
     h = g.op("Relu", [g.bn(g.conv(x, 32, 32), 32)])
     h = g.bn(g.conv(h, 32, 32), 32)
     x = g.op("Relu", [g.op("Add", [h, x], "residual")])
-    # strided block with projection
     h = g.op("Relu", [g.bn(g.conv(x, 32, 64, stride=2), 64)])
     h = g.bn(g.conv(h, 64, 64), 64)
     shortcut = g.bn(g.conv(x, 32, 64, k=1, stride=2), 64)
     x = g.op("Relu", [g.op("Add", [h, shortcut], "residual")])
-    feat = g.op("Flatten", [g.op("GlobalAveragePool", [x])], "features")
-    inputs = [_tensor("image", FLOAT, ["batch", 1, 8, 8])]
-    return _headed(g, "resnet", inputs, feat, {"image": images(d.x_train)}, d.y_train)
+    return g.op("Flatten", [g.op("GlobalAveragePool", [x])], "features")
 
 
-def build_mobilenet() -> onnx.ModelProto:
-    """MobileNetV3-style: stem conv + hard-swish, an inverted residual block (1x1 expand,
-    3x3 depthwise, 1x1 project, residual add), 1x1 conv, global pooling, head."""
-    g, d = Graph(2), digits()
-    x = g.op("HardSwish", [g.bn(g.conv("image", 1, 16), 16)])
+def mobilenet_arch(g, x):
+    """stem conv + hard-swish, an inverted residual block (1x1 expand, 3x3 depthwise, 1x1
+    project, residual add), a 1x1 conv, global average pooling -> features [batch, 96]."""
+    x = g.op("HardSwish", [g.bn(g.conv(x, 1, 16), 16)])
     h = g.op("HardSwish", [g.bn(g.conv(x, 16, 64, k=1), 64)])
     h = g.op("HardSwish", [g.bn(g.conv(h, 64, 64, k=3, group=64), 64)])
     h = g.bn(g.conv(h, 64, 16, k=1), 16)
     x = g.op("Add", [h, x], "residual")
     x = g.op("HardSwish", [g.bn(g.conv(x, 16, 96, k=1), 96)])
-    feat = g.op("Flatten", [g.op("GlobalAveragePool", [x])], "features")
-    inputs = [_tensor("image", FLOAT, ["batch", 1, 8, 8])]
-    return _headed(g, "mobilenet", inputs, feat, {"image": images(d.x_train)}, d.y_train)
+    return g.op("Flatten", [g.op("GlobalAveragePool", [x])], "features")
+
+
+def build_resnet() -> onnx.ModelProto:
+    """ResNet-style CNN trained on the digits (torch, then emitted with onnx.helper)."""
+    return _cnn("resnet", resnet_arch, 64, seed=1)
+
+
+def build_mobilenet() -> onnx.ModelProto:
+    """MobileNetV3-style CNN trained on the digits (torch, then emitted with onnx.helper)."""
+    return _cnn("mobilenet", mobilenet_arch, 96, seed=2)
 
 
 def _attention(g: Graph, x: str, mask_bias: str, d: int, heads: int) -> str:
