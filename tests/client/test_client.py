@@ -135,7 +135,7 @@ def test_metadata_config_statistics_and_repository(fake_server):
         )
         config = client.model_config("identity")
         assert config.max_batch_size == 8
-        assert config.parameters["latency_table"].string_value
+        assert config.parameters["kairos.scheduler"].string_value
         assert client.model_statistics("identity").model_stats[0].inference_count == 3
 
         index = {m.name: m for m in client.repository_index()}
