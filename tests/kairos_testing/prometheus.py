@@ -7,7 +7,6 @@ Queries go through urllib, so nothing beyond the standard library is needed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -38,32 +37,6 @@ def binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-BENCH_LOCK = Path("/tmp/kairos-bench.lock")
-
-
-@contextlib.contextmanager
-def load_lock(timeout: float = 120.0) -> Iterator[bool]:
-    """Hold the lock benchmark runs on this machine share (`flock /tmp/kairos-bench.lock`),
-    so a test that measures latency under load does not overlap one; yields whether it
-    got the lock within `timeout` (it goes on without it rather than fail)."""
-    with open(BENCH_LOCK, "a") as handle:
-        end = time.monotonic() + timeout
-        locked = False
-        while not locked:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                locked = True
-            except BlockingIOError:
-                if time.monotonic() > end:
-                    break
-                time.sleep(0.2)
-        try:
-            yield locked
-        finally:
-            if locked:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def free_port() -> int:
