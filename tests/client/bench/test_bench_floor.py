@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -79,7 +80,8 @@ def test_a_deadline_shorter_than_the_answer_is_counted_by_status(floor: str) -> 
     (point,) = result["points"]
     assert point["ok"] == 0 and point["goodput"] == 0
     assert point["errors"]["DEADLINE_EXCEEDED"]["count"] == point["requests"] > 0
-    assert 4.0 < point["errors"]["DEADLINE_EXCEEDED"]["p50_ms"] < 50.0  # cut at the deadline
+    # Cut at the deadline, not answered late (ok == 0 above); never before it passed.
+    assert point["errors"]["DEADLINE_EXCEEDED"]["p50_ms"] >= 4.0
 
 
 def test_requests_above_grpcs_default_4_mib_limit_are_sent_and_answered(floor: str) -> None:
@@ -147,9 +149,21 @@ def test_python_m_runs_the_generator(floor: str) -> None:
     assert json.loads(done.stdout)["points"][0]["ok"] > 0
 
 
+def _process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_server_cpu_and_foreign_cpu_are_reported_for_a_local_server(floor_process: tuple[str, int]) -> None:
+    """The server CPU reported is the server process's, over the measured window only: at
+    most what /proc says the floor used during the whole run (two clock ticks of slack)."""
     url, pid = floor_process
-    (point,) = run(_config(url, concurrency=2, server_pid=pid), loop="asyncio")["points"]
-    assert point["server_cpu"]["cpu_us_per_request"] > 0
-    assert 0 < point["server_cpu"]["cpu_util"] <= 1.5
+    config = _config(url, concurrency=2, server_pid=pid)
+    before = _process_cpu_s(pid)
+    (point,) = run(config, loop="asyncio")["points"]
+    used = _process_cpu_s(pid) - before
+    server = point["server_cpu"]
+    assert server["cpu_us_per_request"] > 0 and server["cpu_util"] > 0
+    reported = server["cpu_util"] * config.duration_s  # the window is the measured duration
+    assert reported <= used * 1.1 + 2 / os.sysconf("SC_CLK_TCK"), (reported, used, server)
     assert point["machine"]["server_known"] and point["machine"]["others_cores"] >= 0
