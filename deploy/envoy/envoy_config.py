@@ -122,6 +122,9 @@ def _cluster(s: EnvoySettings) -> dict:
         "connect_timeout": _seconds(s.connect_timeout_s),
         "lb_policy": "LEAST_REQUEST",
         "least_request_lb_config": {"choice_count": 2},
+        # No panic routing: an unhealthy Kairos is draining, loading or gone, and refuses
+        # or drops everything; better the healthy few (or a fast 503) than those.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": HTTP_OPTIONS,
             "explicit_http_config": {"http2_protocol_options": {
@@ -135,6 +138,9 @@ def _cluster(s: EnvoySettings) -> dict:
         "health_checks": [{
             "timeout": _seconds(s.health_timeout_s),
             "interval": _seconds(s.health_interval_s),
+            # The same interval before any traffic (Envoy's default then is 60 s): a replica
+            # must be seen draining or back before traffic proves anything.
+            "no_traffic_interval": _seconds(s.health_interval_s),
             "unhealthy_threshold": s.unhealthy_threshold,
             "healthy_threshold": s.healthy_threshold,
             "reuse_connection": True,

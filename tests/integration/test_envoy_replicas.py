@@ -89,7 +89,8 @@ def in_rotation(cluster: Cluster, replica: Replica, timeout: float = 30.0) -> No
 
 def envoy_stats(envoy: Envoy) -> dict[str, int]:
     names = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_overflow",
-             "upstream_cx_connect_fail", "outlier_detection.ejections_enforced_total")
+             "upstream_cx_connect_fail", "outlier_detection.ejections_enforced_total",
+             "lb_healthy_panic", "health_check.failure")
     return {name: envoy.stat(f"cluster.kairos.{name}") for name in names}
 
 
@@ -112,7 +113,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     settings = envoy_config.EnvoySettings(
         upstreams=[("127.0.0.1", r.grpc_port) for r in replicas],
         listen=("127.0.0.1", free_port()), admin=("127.0.0.1", free_port()),
-        health_interval_s=HEALTH_INTERVAL_S, health_timeout_s=0.2,
+        health_interval_s=HEALTH_INTERVAL_S, health_timeout_s=0.5,
         unhealthy_threshold=UNHEALTHY_THRESHOLD, base_ejection_time_s=1.0)
     try:
         for replica in replicas:
