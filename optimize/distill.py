@@ -69,21 +69,49 @@ def teacher_logits(teacher: Path, model: onnx.ModelProto, x: np.ndarray,
 
 
 def _feeds(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    (spec,) = model_inputs(model)
+    (spec,) = check_teacher_inputs(model)
     return {spec.name: x.astype(spec.dtype, copy=False)}
+
+
+def check_teacher_inputs(model: onnx.ModelProto) -> list:
+    """The teacher's one input, with fixed row dims (students are MLPs and CNNs)."""
+    specs = model_inputs(model)
+    if len(specs) != 1:
+        raise OptimizeError(f"distillation builds MLP and CNN students for one-input teachers; this "
+                            f"one has inputs {', '.join(s.name for s in specs)} (no encoder student yet)")
+    free = [i for i, d in enumerate(specs[0].dims[1:], 1) if not (isinstance(d, int) and d > 0)]
+    if free:
+        raise OptimizeError(f"distillation needs a teacher whose rows have fixed dims; input "
+                            f"'{specs[0].name}' has free dim(s) {free} (e.g. a variable sequence length)")
+    return specs
+
+
+def match_input_dtype(student: onnx.ModelProto, teacher: onnx.ModelProto) -> onnx.ModelProto:
+    """The student taking the teacher's input dtype (e.g. FP16), cast to float inside, so it
+    can stand in for the teacher."""
+    (spec,) = model_inputs(teacher)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(spec.dtype)
+    value = student.graph.input[0]
+    if elem == value.type.tensor_type.elem_type:
+        return student
+    cast_name = f"{value.name}_as_float"
+    for node in student.graph.node:
+        for i, x in enumerate(node.input):
+            if x == value.name:
+                node.input[i] = cast_name
+    student.graph.node.insert(0, onnx.helper.make_node("Cast", [value.name], [cast_name],
+                                                       to=onnx.TensorProto.FLOAT))
+    value.type.tensor_type.elem_type = elem
+    onnx.checker.check_model(student)
+    return student
 
 
 def student_for(model: onnx.ModelProto, hidden: list[int], seed: int, classes: int,
                 output_name: str, softmax: bool) -> Mlp:
     """A ReLU MLP with the teacher's input name and row shape; image rows [C, H, W] get a
     small CNN (a 3x3 conv of 8 channels in front)."""
-    specs = model_inputs(model)
-    if len(specs) != 1:
-        raise OptimizeError(f"distillation builds MLP and CNN students for one-input teachers; this "
-                            f"one has inputs {', '.join(s.name for s in specs)} (no encoder student yet)")
+    check_teacher_inputs(model)
     name, dims, _ = model_io(model)
-    if any(d is None for d in dims):
-        raise OptimizeError("distillation needs a teacher with fixed row dims")
     if len(dims) == 3:
         return _cnn_student(name, tuple(int(d) for d in dims), hidden, seed, classes, output_name, softmax)
     features = int(np.prod(dims))
@@ -130,6 +158,7 @@ def distill(teacher: Path, x: np.ndarray, y: np.ndarray, settings: DistillSettin
 
     settings.check()
     model = onnx.load(str(teacher))
+    check_teacher_inputs(model)
     rows, labelled = transfer_set(x, settings, cfg.seed)
     name, scores = teacher_output(teacher, _feeds(model, rows), output)
     softmax = _probabilities(scores)

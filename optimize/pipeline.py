@@ -14,7 +14,7 @@ import onnx
 from kairos.optimize import quantize as q
 from kairos.optimize import report as rp
 from kairos.optimize.data import Dataset, check_fits, feeds_for
-from kairos.optimize.errors import DataError, OptimizeError
+from kairos.optimize.errors import DataError, OptimizeError, UnsupportedGraphError
 from kairos.optimize.graph import Mlp, build_model, load_onnx, read_mlp, save_model
 from kairos.optimize.prune import PruneSettings, prune_finetune, prune_oneshot, weight_sparsity
 from kairos.optimize.repository import Source, Target, prepare_target, resolve_source
@@ -161,7 +161,16 @@ def prune_model(model: Path | str, settings: PruneSettings, measure: Measure,
     suffix = f"pruned{pct}" if settings.method == "structured" else f"sparse{pct}"
     with _start(model, dest, suffix, (measure.eval_data, "evaluation data"),
                 (train_data, "training data")) as (source, proto, target):
-        original = read_mlp(proto)
+        try:
+            original = read_mlp(proto)
+        except UnsupportedGraphError as chain_error:
+            if settings.method != "structured":
+                raise UnsupportedGraphError(f"unstructured pruning works on MLP/CNN chains only: "
+                                            f"{chain_error}") from None
+            try:
+                return _prune_graph(source, proto, target, settings, measure, train_data)
+            except UnsupportedGraphError as graph_error:
+                raise UnsupportedGraphError(f"{graph_error}; and as a chain: {chain_error}") from None
         if train_data is not None and cfg.epochs > 0:
             if train_data.y is None:
                 raise DataError(f"fine-tuning needs labels: {train_data.source} has none")
@@ -183,6 +192,26 @@ def prune_model(model: Path | str, settings: PruneSettings, measure: Measure,
                        measure, [], notes, slow_what=f"{settings.method} pruning", pruning=info)
 
 
+GRAPH_PRUNE_NOTE = ("Pruned one-shot on the ONNX graph (batch norm folded, channel groups between "
+                    "weighted layers removed; groups tied to residual adds, reshapes or outputs kept "
+                    "whole). The graph is outside the chain subset Kairos fine-tunes in torch, so no "
+                    "fine-tuning ran{unused}.")
+
+
+def _prune_graph(source: Source, proto: onnx.ModelProto, target: Target, settings: PruneSettings,
+                 measure: Measure, train_data: Dataset | None) -> Output:
+    """Structured pruning of a graph outside the chain subset (see prune_graph.py)."""
+    from kairos.optimize import prune_graph
+
+    result = prune_graph.prune(proto, settings.sparsity)
+    save_model(result.model, target.model_path)
+    info = {"rewrite": "graph", "folded_batchnorms": result.folded_batchnorms,
+            "groups_pruned": result.pruned, "groups_kept_whole": result.kept_whole}
+    unused = "; --train-data was not used" if train_data is not None else ""
+    return _finish(source, target, "prune-structured", asdict(settings) | {"fine_tuning": None}, measure,
+                   [], [GRAPH_PRUNE_NOTE.format(unused=unused)], slow_what="structured pruning", pruning=info)
+
+
 def distill_model(model: Path | str, settings: Any, train_data: Dataset, measure: Measure,
                   dest: Destination | None = None, cfg: Any = None) -> Output:
     """`kairos optimize distill`: writes the distilled student; the report holds it and the
@@ -196,7 +225,7 @@ def distill_model(model: Path | str, settings: Any, train_data: Dataset, measure
     with _start(model, dest, "distilled", (measure.eval_data, "evaluation data"),
                 (train_data, "training data")) as (source, proto, target):
         distilled, hard = ds.distill(source.path, train_data.x, train_data.y, settings, cfg, measure.output)
-        save_model(build_model(distilled), target.model_path)
+        save_model(ds.match_input_dtype(build_model(distilled), proto), target.model_path)
         students = [_student("distilled (soft + hard targets)", distilled, target.model_path, source, measure),
                     _student("hard labels only", hard, None, source, measure)]
         config = asdict(settings) | {"temperature": cfg.temperature, "alpha": cfg.alpha, "epochs": cfg.epochs,
@@ -215,7 +244,7 @@ def _student(name: str, mlp: Mlp, path: Path | None, source: Source, measure: Me
     feeds = rp.eval_feeds(source.path, data)
     with tempfile.TemporaryDirectory(prefix="kairos-student-") as tmp:
         path = path or save_model(build_model(mlp), Path(tmp) / "student.onnx")
-        out = runtime.run(runtime.make_session(path), next(iter(feeds.values())).astype(np.float32))
+        out = runtime.run(runtime.make_session(path), next(iter(feeds.values())))
         size = path.stat().st_size
     base = teacher_scores(source.path, feeds, measure.output)
     metrics = rp.output_metrics(base, out, None if data is None else data.y)

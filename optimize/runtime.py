@@ -11,6 +11,8 @@ import onnxruntime as ort
 from kairos.optimize.errors import OptimizeError
 
 PROVIDER = "CPUExecutionProvider"
+ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def check_provider(provider: str) -> None:
@@ -66,8 +68,9 @@ def run_all(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
 
 
 def run(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The first output for all rows of `x` (a one-input model), as float32."""
-    out = run_all(session, {session.get_inputs()[0].name: x}, batch_size)
+    """The first output for all rows of `x` (a one-input model, cast to its input type), as float32."""
+    first = session.get_inputs()[0]
+    out = run_all(session, {first.name: x.astype(ORT_NUMPY.get(first.type, x.dtype), copy=False)}, batch_size)
     return next(iter(out.values())).astype(np.float32, copy=False)
 
 

@@ -119,3 +119,101 @@ def test_roles_and_regression_error():
     reg = outputs.metrics(np.array([[1.0], [2.0]]), np.array([[1.5], [2.0]]), None)
     assert reg["role"] == "regression" and reg["max_abs_deviation"] == 0.5 and reg["mean_abs_error"] == 0.25
     assert "top1_agreement" not in reg
+
+
+# -- structured pruning of real graphs ------------------------------------------------------
+
+
+def _load(name: str):
+    import onnx
+
+    return onnx.load(str(zoo.MODELS[name].path()))
+
+
+def _run(model, feeds):
+    return zoo._session(model).run(None, feeds)
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet", "encoder", "sk_mlp"])
+def test_graph_pruning_at_zero_sparsity_keeps_the_function(name):
+    from kairos.optimize import prune_graph
+
+    feeds = {k: v[:32] for k, v in zoo.MODELS[name].eval_feeds().items()}
+    result = prune_graph.prune(_load(name), 0.0)
+    for got, want in zip(_run(result.model, feeds), _run(_load(name), feeds), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_folds_bn_and_prunes_inside_blocks_only():
+    from kairos.optimize import prune_graph
+
+    result = prune_graph.prune(_load("resnet"), 0.25)
+    assert result.folded_batchnorms == 6
+    assert not any(n.op_type == "BatchNormalization" for n in result.model.graph.node)
+    assert [(g["channels_before"], g["channels_after"]) for g in result.pruned] == [(32, 24), (64, 48)]
+    # Channels shared through residual adds stay whole, and the reason names the Add.
+    assert any(k["stopped_at"].startswith("Add 'residual") for k in result.kept_whole)
+    feeds = zoo.MODELS["resnet"].eval_feeds()
+    accuracy = np.mean(_run(result.model, feeds)[0].argmax(1) == zoo.digits().y_test)
+    assert accuracy > 0.85
+
+
+def test_mobilenet_depthwise_and_encoder_feed_forward_are_pruned():
+    from kairos.optimize import prune_graph
+
+    mobile = prune_graph.prune(_load("mobilenet"), 0.5)
+    depthwise = [n for n in mobile.model.graph.node if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert [a.i for a in depthwise[0].attribute if a.name == "group"] == [32]
+    encoder = prune_graph.prune(_load("encoder"), 0.5)
+    assert [(g["producer"].split("'")[1].split("_")[0], g["channels_after"]) for g in encoder.pruned] == \
+        [("ffn", 128)]
+    assert any("Reshape" in k["stopped_at"] for k in encoder.kept_whole)  # attention heads kept
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("gru", "cannot prune structurally: the model has no Conv or MatMul by a constant weight to remove "
+            "channels from (it computes with GRU 'gru"),
+    ("sk_forest", "TreeEnsembleClassifier 'TreeEnsembleClassifier'"),
+    ("multi_output", "stopped at Reshape 'reshape"),
+])
+def test_pruning_refusals_name_the_op(zoo_files, name, reason, capsys):
+    args = ["prune", str(zoo_files / "repo" / name), "--repeats", "2", "--overwrite"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert reason in err and len(err.strip().splitlines()) == 1
+
+
+def test_prune_cli_on_resnet_reports_groups(zoo_files, capsys):
+    args = ["prune", str(zoo_files / "repo" / "resnet"), "--sparsity", "0.25", "--repeats", "2", "--overwrite",
+            "--eval-data", str(zoo_files / "resnet-eval.npz")]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((zoo_files / "repo" / "resnet-pruned25" / "report.json").read_text())
+    assert report["pruning"]["folded_batchnorms"] == 6 and len(report["pruning"]["groups_pruned"]) == 2
+    assert report["model"]["size_ratio"] < 0.85 and report["accuracy"]["variant"] > 0.85
+
+
+# -- distillation from any ONNX teacher ------------------------------------------------------
+
+
+def test_distill_from_a_sklearn_teacher_reports_both_students(zoo_files):
+    from kairos.optimize.data import Dataset
+    from kairos.optimize.distill import DistillSettings
+    from kairos.optimize.pipeline import Measure, distill_model
+    from kairos.optimize.train import TrainConfig
+
+    d = zoo.digits()
+    out = distill_model(zoo_files / "repo" / "sk_mlp", DistillSettings(hidden=[32]),
+                        Dataset(d.x_train, d.y_train, "train"), Measure(Dataset(d.x_test, d.y_test, "test"), 2),
+                        cfg=TrainConfig(epochs=4, lr=3e-3, seed=0))
+    names = [s["name"] for s in out.report["students"]]
+    assert names == ["distilled (soft + hard targets)", "hard labels only"]
+    assert all(s["accuracy"] > 0.8 for s in out.report["students"])
+    assert out.report["judged_output"]["name"] == "probabilities"
+
+
+def test_distill_refuses_what_it_cannot_build(zoo_files, capsys):
+    train = zoo_files / "encoder-eval.npz"
+    args = ["distill", str(zoo_files / "repo" / "encoder"), "--train-data", str(train), "--epochs", "1"]
+    assert main(args) == 2
+    assert "one-input teachers; this one has inputs input_ids, attention_mask" in capsys.readouterr().err
