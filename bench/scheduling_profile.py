@@ -8,9 +8,9 @@ that belongs to a known part (gRPC, transport, codec, scheduler, backend,
 metrics, asyncio, ...), then scaled by the server CPU per request measured
 in the same window, giving microseconds per request per part.
 
-    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/issue7_profile.py --rate 1200
+    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/scheduling_profile.py --rate 1200
 
-Writes bench/results/issue7_profile.json and issue7_profile.raw (py-spy's raw
+Writes bench/results/scheduling_profile.json and scheduling_profile.raw (py-spy's raw
 collapsed stacks, for flamegraph.pl or speedscope).
 """
 
@@ -26,12 +26,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from issue7_common import (
+from kairos.client.bench import run
+from scheduling_common import (
     PENDING_LIMIT_ARGS,
     RESULTS,
     add_kairos_args,
     config,
     kairos_server,
+    measured_peak_rate,
     mlp256_file,
     models_folder,
     pin_generator,
@@ -40,7 +42,6 @@ from issue7_common import (
     wait_ready,
     write_model,
 )
-from kairos.client.bench import run
 
 MODEL = "mlp256"
 # (part, substring of "function (file:line)") checked from the innermost frame outwards.
@@ -97,32 +98,32 @@ def attribute(raw: Path) -> tuple[Counter, Counter, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float,
-                        help="offered req/s (default: Kairos's peak-goodput rate from issue7_floor.json)")
+                        help="offered req/s (default: the peak rate in bench/results/scheduling_floor.json; "
+                        "refuses to guess when that file is missing)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--refused", action="store_true",
                         help="profile the refusal path: every request carries timeout=1 us and no "
-                        "gRPC deadline, so admission refuses it (writes issue7_profile_refusal.json)")
+                        "gRPC deadline, so admission refuses it (writes scheduling_profile_refusal.json)")
     parser.add_argument("--from-raw", action="store_true",
                         help="recompute the attribution from the saved raw profile, without running")
     add_kairos_args(parser, PENDING_LIMIT_ARGS)
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"))
     args = parser.parse_args()
     if args.from_raw:  # re-attribute an earlier run (e.g. after changing PARTS)
-        name = "issue7_profile_refusal" if args.refused else "issue7_profile"
+        name = "scheduling_profile_refusal" if args.refused else "scheduling_profile"
         earlier = json.loads((RESULTS / f"{name}.json").read_text())
         args.rate = earlier["rate"]
         report(name, RESULTS / f"{name}.raw", args, earlier["point"])
         return
-    pin_generator()
     if args.rate is None:
-        floor = RESULTS / "issue7_floor.json"
-        args.rate = json.loads(floor.read_text())["kairos_peak_goodput_rate"] if floor.exists() else 1200.0
+        args.rate = measured_peak_rate("--rate")
+    pin_generator()
     with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
         repo = Path(tmp)
         write_model(repo, MODEL, mlp256_file(models_folder()), "max_batch_size: 64\nslo_ms: 10\n")
         with kairos_server(repo, *use_kairos_args(args.kairos_args)) as kairos:
             wait_ready(kairos, MODEL)  # a fresh server: its L(b) has not been disturbed yet
-            name = "issue7_profile_refusal" if args.refused else "issue7_profile"
+            name = "scheduling_profile_refusal" if args.refused else "scheduling_profile"
             raw = RESULTS / f"{name}.raw"
             warmup = 2.0
             spy = subprocess.Popen(

@@ -1,6 +1,6 @@
-"""Shared pieces of the issue-7 benchmark scripts (bench/issue7_*.py).
+"""Shared pieces of the scheduling benchmark scripts (bench/scheduling_*.py).
 
-Setting (issue 7): servers pinned to core 0, the load generator (this process)
+Setting: servers pinned to core 0, the load generator (this process)
 to core 1. Servers run as child processes; the generator runs in-process via
 `kairos.client.bench`, one point at a time. The machine is shared, so before
 each point we wait for the cores to be quiet, every point records how much CPU
@@ -8,6 +8,13 @@ other processes took during its window, and a disturbed point is repeated.
 
 Run every script under `flock /tmp/kairos-bench.lock` so only one benchmark
 runs at a time.
+
+"Peak", in every one of these scripts and in BENCHMARKS.md (PEAK_DEFINITION): Kairos's
+*peak goodput* is the highest goodput at the SLO over an open-loop sweep of the offered
+rate; the *peak rate* is the offered rate at which it was measured. "2x peak" is twice
+the peak rate; "a fraction of peak" is that fraction of the peak rate; "0.54x peak" is a
+goodput divided by the peak goodput. The floor's "peak req/s" is its closed-loop maximum
+throughput (no deadline), always named so.
 """
 
 from __future__ import annotations
@@ -36,9 +43,29 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from kairos_testing.server import stop_process, wait_for_ports  # noqa: E402
 
+PEAK_DEFINITION = (
+    "peak = Kairos's peak goodput at the SLO over an open-loop sweep; the peak rate is the "
+    "offered rate at which it was measured; 2x peak and fractions of peak are multiples of "
+    "the peak rate; 'N x peak' is a goodput over the peak goodput"
+)
 SERVER_CORE = 0
 GENERATOR_CORE = 1
 DISTURBED_CORES = 0.15  # others using more than this much CPU during a window: repeat it
+
+
+def measured_peak_rate(flag: str) -> float:
+    """The peak rate (see PEAK_DEFINITION) from bench/results/scheduling_floor.json.
+
+    Refuses, naming `flag`, when that file or its figure is missing: a benchmark must not
+    run at a made-up rate."""
+    path = RESULTS / "scheduling_floor.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run bench/scheduling_floor.py first, or give {flag}")
+    rate = json.loads(path.read_text()).get("kairos_peak_goodput_rate")
+    if not rate:
+        raise SystemExit(f"{path} holds no kairos_peak_goodput_rate: re-run bench/scheduling_floor.py, "
+                         f"or give {flag}")
+    return float(rate)
 
 
 def pin_generator() -> None:
@@ -298,7 +325,7 @@ def _brief(point: dict[str, Any]) -> str:
 
 
 def config(server: Server, model: str, **changes: Any) -> BenchConfig:
-    """The issue-7 setting: 1-row requests, SLO 10 ms sent as the gRPC deadline."""
+    """The scheduling benchmarks' setting: 1-row requests, SLO 10 ms sent as the gRPC deadline."""
     base: dict[str, Any] = {
         "url": server.url, "model": model, "rows": 1, "slo_ms": 10.0,
         "warmup_s": 2.0, "duration_s": 8.0, "server_pid": server.pid,

@@ -1,5 +1,5 @@
-"""bench/issue7_report.py renders figures and its BENCHMARKS.md section from results files,
-and rewrites only its own section (synthetic results; no server)."""
+"""bench/scheduling_report.py renders figures and its BENCHMARKS.md block from results files,
+and rewrites only its own block (synthetic results; no server)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kairos_testing.dependencies import require_module
 
 BENCH = Path(__file__).resolve().parents[3] / "bench"
 
@@ -60,14 +61,14 @@ def _results() -> dict[str, dict[str, Any]]:
     profile = {"rate": 200.0, "server_cpu_us_per_request": 700.0, "server_cpu_util": 0.9, "throughput": 190.0,
                "share": {"onnxruntime run": 0.25, "other": 0.75},
                "us_per_request": {"onnxruntime run": 175.0, "other": 525.0}}
-    return {"issue7_floor": floor, "issue7_overload": overload, "issue7_policies": policies,
-            "issue7_profile": profile}
+    return {"scheduling_floor": floor, "scheduling_overload": overload, "scheduling_policies": policies,
+            "scheduling_profile": profile}
 
 
 @pytest.fixture
 def report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(BENCH))
-    module = importlib.import_module("issue7_report")
+    module = importlib.import_module("scheduling_report")
     results, docs = tmp_path / "results", tmp_path / "docs"
     results.mkdir()
     for name, data in _results().items():
@@ -76,11 +77,11 @@ def report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(module, "DOCS", docs)
     monkeypatch.setattr(module, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
     yield module
-    sys.modules.pop("issue7_report", None)
+    sys.modules.pop("scheduling_report", None)
 
 
 def test_report_writes_figures_and_replaces_only_its_own_section(report, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib", "pip install -e '.[plot]'")
     benchmarks = tmp_path / "BENCHMARKS.md"
     benchmarks.write_text("# Benchmarks\n\n## Someone else's section\n\nkept\n")
     report.main()
@@ -91,3 +92,58 @@ def test_report_writes_figures_and_replaces_only_its_own_section(report, tmp_pat
     assert "slo best?" in text and "refusal 500 us" in text
     for name in ("floor_vs_kairos", "overload", "policies", "gemv_split"):
         assert (tmp_path / "docs" / f"bench_{name}.png").stat().st_size > 1000
+
+
+def _block(text: str, report) -> str:
+    return text.split(report.START, 1)[1].split(report.END, 1)[0]
+
+
+def test_the_block_holds_only_generated_text_with_the_peak_definition(report, tmp_path: Path) -> None:
+    require_module("matplotlib", "pip install -e '.[plot]'")
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    report.main()
+    block = _block((tmp_path / "BENCHMARKS.md").read_text(), report)
+    assert "## Scheduling: Kairos (grpc.aio) vs floor" in block
+    assert "issue" not in block.lower()  # section names carry no issue numbers
+    assert f"Definition used by every script and table here: {report.PEAK_DEFINITION}." in block
+    # Old policies results (fractions of the peak goodput) say so; new ones name the peak rate.
+    assert "rates are fractions of 180 req/s, the peak goodput then" in block
+
+
+def test_policies_results_on_the_peak_rate_are_labelled_so(report, tmp_path: Path) -> None:
+    require_module("matplotlib", "pip install -e '.[plot]'")
+    path = report.RESULTS / "scheduling_policies.json"
+    data = json.loads(path.read_text())
+    data.pop("peak_used")
+    path.write_text(json.dumps({**data, "peak_rate_used": 200.0}))
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    report.main()
+    block = _block((tmp_path / "BENCHMARKS.md").read_text(), report)
+    assert "rates are fractions of the peak rate, 200 req/s offered" in block
+
+
+@pytest.mark.parametrize(("script", "flag", "argv"), [
+    ("scheduling_profile", "--rate", []),
+    ("scheduling_policies", "--peak-rate", []),
+    ("scheduling_overload", "--light-rates", ["--skip-heavy"]),
+])
+def test_scripts_refuse_to_guess_the_peak_rate(script, flag, argv, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without bench/results/scheduling_floor.json and without the flag, a script stops
+    with a message naming both, before it pins itself or starts anything."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    common = importlib.import_module("scheduling_common")
+    module = importlib.import_module(script)
+    monkeypatch.setattr(common, "RESULTS", tmp_path)  # no scheduling_floor.json there
+
+    def started(*_args, **_kwargs):
+        raise AssertionError("the script went on without a peak rate")
+
+    monkeypatch.setattr(module, "pin_generator", started)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    message = str(stopped.value.code)
+    assert "scheduling_floor.json is missing" in message and flag in message
+    (tmp_path / "scheduling_floor.json").write_text(json.dumps({"kairos_peak_goodput_rate": 2890.0}))
+    assert common.measured_peak_rate(flag) == 2890.0

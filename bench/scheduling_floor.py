@@ -1,16 +1,17 @@
-"""Issue 7, side by side in one run: the floor vs Kairos on `mlp256` (1 row, SLO 10 ms).
+"""Side by side in one run: the floor vs Kairos (grpc.aio) on `mlp256` (1 row, SLO 10 ms).
 
 - floor c=1 p50 and Kairos c=1 p50, alternated `--repeats` times (medians);
 - floor peak req/s (closed loop, no deadline, the best of a few concurrencies);
-- Kairos peak goodput@10ms: open-loop sweep of the offered rate (fractions of the
-  floor's peak), with the floor swept over the same rates for comparison, and the
+- Kairos peak goodput@10ms and the peak rate where it was measured (see PEAK_DEFINITION
+  in scheduling_common.py): open-loop sweep of the offered rate (fractions of the
+  floor's closed-loop peak req/s), with the floor swept over the same rates, and the
   GEMV/GEMM split (ModelStatistics batch_stats) at every point;
 - the generator's own capacity: open loop at `--generator-rate` against the raw
   floor, with its lateness (it must keep up at >= 5,000 req/s on one core).
 
-    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/issue7_floor.py
+    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/scheduling_floor.py
 
-Writes bench/results/issue7_floor.json; bench/issue7_report.py turns it into figures.
+Writes bench/results/scheduling_floor.json; bench/scheduling_report.py turns it into figures.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from issue7_common import (
+from scheduling_common import (
     PENDING_LIMIT_ARGS,
     KairosHandle,
     add_kairos_args,
@@ -143,7 +144,7 @@ def main() -> None:
     out = measure_parts(args, parts)
     out.update({"model": MODEL, "slo_ms": 10.0, "rows": 1, "kairos_args": kairos_args})
     out[f"command_{'_'.join(sorted(parts))}"] = " ".join(sys.argv)
-    path = save("issue7_floor", out, merge=True)
+    path = save("scheduling_floor", out, merge=True)
     data = json.loads(path.read_text())
     if "c1" in data and "floor_peak" in data:
         print(f"floor c=1 p50 {data['c1']['p50_ms']['floor']} ms, Kairos {data['c1']['p50_ms']['kairos']} ms "

@@ -1,4 +1,8 @@
-"""Issue 7, overload: goodput at 2x the peak offered rate, and what a refusal costs.
+"""Overload: goodput at 2x peak (twice the peak rate), and what a refusal costs.
+
+"Peak" as in scheduling_common.PEAK_DEFINITION: each part finds its own peak goodput by
+sweeping the offered rate, then offers twice the rate at which that peak was measured.
+
 
 1. Model-bound (`mlp-heavy`: FP32 [batch,1024] -> 3x8192 ReLU -> 10, SLO 250 ms):
    find Kairos's peak goodput by sweeping the offered rate, then offer 2x that
@@ -11,29 +15,28 @@
    for answered requests (floor and Kairos) and for requests Kairos refuses
    (`timeout` parameter of 1 us, no gRPC deadline: refused at admission).
 
-    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/issue7_overload.py
+    flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python bench/scheduling_overload.py
 
-Writes bench/results/issue7_overload.json.
+Writes bench/results/scheduling_overload.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from issue7_common import (
+from scheduling_common import (
     PENDING_LIMIT_ARGS,
-    RESULTS,
     KairosHandle,
     add_kairos_args,
     config,
     floor_server,
     measure,
     measure_kairos,
+    measured_peak_rate,
     mlp256_file,
     mlp_heavy_file,
     models_folder,
@@ -110,9 +113,8 @@ def front_end_bound(args: argparse.Namespace, repo: Path) -> dict[str, Any]:
 def light_rates(text: str | None) -> list[float]:
     if text:
         return [float(r) for r in text.split(",")]
-    floor = RESULTS / "issue7_floor.json"
-    peak = json.loads(floor.read_text())["kairos_peak_goodput_rate"] if floor.exists() else 1500.0
-    return [round(peak * f, -1) for f in (0.6, 0.8, 0.9, 1.0, 1.1, 1.3)]
+    peak_rate = measured_peak_rate("--light-rates")
+    return [round(peak_rate * f, -1) for f in (0.6, 0.8, 0.9, 1.0, 1.1, 1.3)]
 
 
 def refusal_cost(floor, kairos, rate: float, duration: float) -> dict[str, Any]:
@@ -135,12 +137,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--light-rates", help="mlp256 offered rates swept to find its peak goodput "
-                        "(default: 0.6-1.3x the peak found by bench/issue7_floor.py)")
+                        "(default: 0.6-1.3x the peak rate in bench/results/scheduling_floor.json; "
+                        "refuses to guess when that file is missing)")
     parser.add_argument("--cost-rate", type=float, default=1000.0, help="rate for the refusal-cost points")
     parser.add_argument("--skip-heavy", action="store_true")
     add_kairos_args(parser, PENDING_LIMIT_ARGS)
     parser.add_argument("--skip-light", action="store_true")
     args = parser.parse_args()
+    if not args.skip_light:
+        args.light_rates = ",".join(str(r) for r in light_rates(args.light_rates))  # or refuse
     pin_generator()
     out: dict[str, Any] = {}
     if not args.skip_light:
@@ -148,13 +153,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
             out["front_end_bound"] = front_end_bound(args, Path(tmp))
         out["front_end_bound"]["command"] = " ".join(sys.argv)
-        save("issue7_overload", out, merge=True)
+        save("scheduling_overload", out, merge=True)
     if not args.skip_heavy:
         use_kairos_args("")  # closed loop c=32 finds its capacity: no shedding there
         with tempfile.TemporaryDirectory(prefix="kairos-bench-repo-") as tmp:
             out["model_bound"] = model_bound(args, Path(tmp))
         out["model_bound"]["command"] = " ".join(sys.argv)
-        save("issue7_overload", out, merge=True)
+        save("scheduling_overload", out, merge=True)
     for key in ("model_bound", "front_end_bound"):
         if key in out:
             part = out[key]

@@ -1,10 +1,13 @@
-"""Figures and the BENCHMARKS.md section for issue 7, from bench/results/issue7_*.json.
+"""Figures and the generated BENCHMARKS.md block of the scheduling benchmarks, from
+bench/results/scheduling_*.json.
 
-    .venv/bin/python bench/issue7_report.py            # plots into docs/, section into BENCHMARKS.md
+    .venv/bin/python bench/scheduling_report.py            # plots into docs/, block into BENCHMARKS.md
 
 Only the text between this script's markers in BENCHMARKS.md is replaced (the
-file is re-read just before writing), so other sections stay as they are.
-Results that are missing are reported as not measured.
+file is re-read just before writing), so other sections stay as they are. The block
+holds only what this script writes from the results; hand-written analysis belongs
+outside it and cites the command and table of every figure it quotes. Results that
+are missing are reported as not measured.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from issue7_common import RESULTS, ROOT
 from kairos.client.bench.plot import require_matplotlib
+from scheduling_common import PEAK_DEFINITION, RESULTS, ROOT
 
 DOCS = ROOT / "docs"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
-START = "<!-- issue7-bench:start (written by bench/issue7_report.py) -->"
-END = "<!-- issue7-bench:end -->"
+START = "<!-- scheduling-bench:start (written by bench/scheduling_report.py) -->"
+END = "<!-- scheduling-bench:end -->"
 # Every command ran with KAIROS_BENCH_REPEATS=1 (the default) unless it says otherwise.
 LOCK = "flock /tmp/kairos-bench.lock taskset -c 1 .venv/bin/python"
 
@@ -185,7 +188,7 @@ def floor_section(d: dict[str, Any]) -> list[str]:
 
 def overload_section(d: dict[str, Any]) -> list[str]:
     commands = sorted({d[k]["command"] for k in ("model_bound", "front_end_bound") if k in d and "command" in d[k]})
-    commands = commands or [d.get("command", "bench/issue7_overload.py")]
+    commands = commands or [d.get("command", "bench/scheduling_overload.py")]
     lines = ["### Overload at 2x peak", "", *[f"    {LOCK} {c}" for c in commands], ""]
     for key, title, target in (("model_bound", "model-bound: mlp-heavy, SLO 250 ms", 0.9),
                                ("front_end_bound", "front-end-bound: mlp256, SLO 10 ms", 0.5)):
@@ -232,14 +235,22 @@ def overload_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _policy_rates_basis(d: dict[str, Any]) -> str:
+    if "peak_rate_used" in d:
+        return f"rates are fractions of the peak rate, {d['peak_rate_used']:.0f} req/s offered"
+    # Results written before "peak" had one definition: fractions of the peak goodput.
+    return (f"rates are fractions of {d['peak_used']:.0f} req/s, the peak goodput then "
+            "(these results predate the peak-rate basis)")
+
+
 def policies_section(d: dict[str, Any]) -> list[str]:
     names = list(d["policies"])
     lines = [
         "### Policies on one server (goodput@10ms, mlp256, 1 row)",
         "",
-        f"    {LOCK} {d.get('command', 'bench/issue7_policies.py')}",
+        f"    {LOCK} {d.get('command', 'bench/scheduling_policies.py')}",
         "",
-        f"(rates are fractions of the peak goodput found by issue7_floor.py: {d['peak_used']:.0f} req/s; "
+        f"({_policy_rates_basis(d)}; "
         f"Kairos flags: `{' '.join(d.get('kairos_args') or []) or 'none'}`"
         + (f"; median of {d['rounds']} alternated rounds, every round in brackets)" if d.get("rounds", 1) > 1
            else ")"),
@@ -271,10 +282,11 @@ def profile_section(d: dict[str, Any]) -> list[str]:
     lines = [
         f"### Where the server's CPU goes (py-spy, {d['rate']:.0f} req/s offered, {what})",
         "",
-        f"    {LOCK} {d.get('command', 'bench/issue7_profile.py')}",
+        f"    {LOCK} {d.get('command', 'bench/scheduling_profile.py')}",
         "",
         "" if d.get("refused") else
-        f"(offered rate: Kairos's peak-goodput rate from issue7_floor.py, {d['rate']:.0f} req/s)",
+        f"(offered rate {d['rate']:.0f} req/s: the peak rate in scheduling_floor.json when this ran, "
+        "unless the command gives --rate)",
         "",
         f"Server CPU {d['server_cpu_us_per_request']} us per request ({d['throughput']:.0f}/s answered, "
         f"{(d.get('server_cpu_util') or 0) * 100:.0f}% of core 0). py-spy sees Python frames only: time in gRPC's "
@@ -290,19 +302,21 @@ def profile_section(d: dict[str, Any]) -> list[str]:
 def section() -> str:
     lines = [
         START,
-        "## Issue 7: scheduler benchmarks (`kairos bench`)",
+        "## Scheduling: Kairos (grpc.aio) vs floor (`kairos bench`)",
         "",
         "Setting: 2 vCPU VM; server pinned to core 0 (`taskset -c 0`), the load generator (one asyncio "
         "process, `kairos.client.bench`) to core 1; 1-row requests; every request carries the SLO as its "
         "gRPC deadline; Poisson arrivals for open loop; each point 2 s warm-up + the measured window; the "
         "floor is `bench/floor_server.py` (grpc.aio, constant mlp256-shaped reply). The machine is shared: "
         "each point waits for idle cores, records CPU used by other processes, and is repeated when that "
-        "exceeds 0.15 core. Raw results: `bench/results/issue7_*.json` (git-ignored).",
+        "exceeds 0.15 core. Raw results: `bench/results/scheduling_*.json` (git-ignored).",
+        "",
+        f"Definition used by every script and table here: {PEAK_DEFINITION}.",
         "",
     ]
-    for name, render in (("issue7_floor", floor_section), ("issue7_overload", overload_section),
-                         ("issue7_policies", policies_section), ("issue7_profile", profile_section),
-                         ("issue7_profile_refusal", profile_section)):
+    for name, render in (("scheduling_floor", floor_section), ("scheduling_overload", overload_section),
+                         ("scheduling_policies", policies_section), ("scheduling_profile", profile_section),
+                         ("scheduling_profile_refusal", profile_section)):
         data = load(name)
         if data is None:
             lines += [f"### {name}: not measured yet", ""]
@@ -310,9 +324,6 @@ def section() -> str:
         lines += render(data)
         lines.append(f"_({name} finished {data.get('finished_at')})_")
         lines.append("")
-    notes = ROOT / "bench" / "issue7_notes.md"
-    if notes.exists():  # hand-written analysis kept beside the results
-        lines += [notes.read_text().rstrip(), ""]
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -330,10 +341,10 @@ def write_section(text: str) -> None:
 
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
-    for name, plot, out in (("issue7_floor", plot_floor, "bench_floor_vs_kairos.png"),
-                            ("issue7_overload", plot_overload, "bench_overload.png"),
-                            ("issue7_policies", plot_policies, "bench_policies.png"),
-                            ("issue7_policies", plot_split, "bench_gemv_split.png")):
+    for name, plot, out in (("scheduling_floor", plot_floor, "bench_floor_vs_kairos.png"),
+                            ("scheduling_overload", plot_overload, "bench_overload.png"),
+                            ("scheduling_policies", plot_policies, "bench_policies.png"),
+                            ("scheduling_policies", plot_split, "bench_gemv_split.png")):
         data = load(name)
         if data is not None:
             plot(data, DOCS / out)
