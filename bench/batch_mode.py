@@ -7,9 +7,13 @@ CPU 0 with the server's thread count (`intra_op_threads: 1`). Model `mlp256`
 
 1. raw: in-process onnxruntime rows/s per batch size; the best is the reference.
 2. batch alone: `kairos batch` over an .npy dataset per rows-per-request; rows/s.
-3. online peak: closed loop (`kairos bench --concurrency C`, 1 row per request).
-4. online alone / mixed, alternated `--repeats` times: Poisson online load at half the peak
-   (`kairos bench --rate`), alone and with a batch job running; online p99 and goodput,
+3. online peak: the peak goodput at the SLO, measured closed loop (`kairos bench
+   --concurrency C`, 1 row per request; the best goodput over the concurrencies). A
+   closed loop has no offered rate, so this is the one place where the load below is
+   set from a goodput: the scheduling benchmarks' peak is open loop, with a peak rate
+   (bench/scheduling_common.py, PEAK_DEFINITION).
+4. online alone / mixed, alternated `--repeats` times: Poisson online load offered at half
+   that peak goodput (`kairos bench --rate`), alone and with a batch job running; online p99 and goodput,
    and the batch job's rows/s sampled from its checkpoint over the same window.
 
     flock /tmp/kairos-bench.lock .venv/bin/python bench/batch_mode.py \\
