@@ -17,8 +17,11 @@ minute; the logic is the checked-in config's (the same generator writes both).
 
 from __future__ import annotations
 
+import contextlib
+import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +95,26 @@ def envoy_stats(envoy: Envoy) -> dict[str, int]:
              "upstream_cx_connect_fail", "outlier_detection.ejections_enforced_total",
              "lb_healthy_panic", "health_check.failure")
     return {name: envoy.stat(f"cluster.kairos.{name}") for name in names}
+
+
+def per_replica(cluster: Cluster) -> dict[int, dict]:
+    """Envoy's per-host counts (errors, timeouts) and each replica's own failure counts by
+    reason (since its last start): where failures happened."""
+    hosts = cluster.envoy.hosts()
+    out = {}
+    for replica in cluster.replicas:
+        stats = hosts[replica.grpc_port]["stats"]
+        failures_by_reason = {}
+        with contextlib.suppress(OSError):
+            url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback
+                for line in reply.read().decode().splitlines():
+                    found = re.match(r'kairos_request_failures_total\{.*reason="(\w+)".*\} (\S+)', line)
+                    if found and float(found[2]):
+                        failures_by_reason[found[1]] = failures_by_reason.get(found[1], 0) + float(found[2])
+        out[replica.grpc_port] = {"envoy": {k: stats.get(k, 0) for k in ("rq_error", "rq_timeout")},
+                                  "kairos failures": failures_by_reason}
+    return out
 
 
 def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -184,7 +207,8 @@ def test_rolling_restart_loses_nothing(cluster: Cluster) -> None:
     load.wait_for_ok(50)
     records = load.finish()
     report("rolling restart", records, {"drain seconds": drains,
-                                        **delta(envoy_stats(cluster.envoy), stats)})
+                                        **delta(envoy_stats(cluster.envoy), stats),
+                                        "per replica": per_replica(cluster)})
     lost = explain(failures(records), events)
     print("\n".join(lost))
     assert not lost
