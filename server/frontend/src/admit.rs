@@ -89,16 +89,16 @@ pub fn grpc_timeout(value: Option<&str>) -> Option<f64> {
     }
     let (digits, unit) = value.split_at(value.len() - 1);
     let amount: u64 = digits.parse().ok()?;
-    let scale = match unit {
-        "H" => 3600.0,
-        "M" => 60.0,
-        "S" => 1.0,
-        "m" => 1e-3,
-        "u" => 1e-6,
-        "n" => 1e-9,
+    let amount = amount as f64;
+    Some(match unit {
+        "H" => amount * 3600.0,
+        "M" => amount * 60.0,
+        "S" => amount,
+        "m" => amount / 1e3,
+        "u" => amount / 1e6,
+        "n" => amount / 1e9,
         _ => return None,
-    };
-    Some(amount as f64 * scale)
+    })
 }
 
 /// The absolute deadline: the gRPC deadline and the `timeout` parameter (the earlier
@@ -129,4 +129,72 @@ pub fn monotonic() -> f64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(v: i64) -> InferParameter {
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::Int64Param(v)),
+        }
+    }
+
+    fn text(v: &str) -> InferParameter {
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::StringParam(v.into())),
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit_and_ignore_garbage() {
+        assert_eq!(grpc_timeout(Some("10m")), Some(0.01));
+        assert_eq!(grpc_timeout(Some("2S")), Some(2.0));
+        assert_eq!(grpc_timeout(Some("1H")), Some(3600.0));
+        assert_eq!(grpc_timeout(Some("5u")), Some(5e-6));
+        assert_eq!(grpc_timeout(Some("100n")), Some(1e-7));
+        assert_eq!(grpc_timeout(Some("3M")), Some(180.0));
+        assert_eq!(grpc_timeout(Some("m")), None);
+        assert_eq!(grpc_timeout(Some("12x")), None);
+        assert_eq!(grpc_timeout(Some("1234567890S")), None);
+        assert_eq!(grpc_timeout(None), None);
+    }
+
+    #[test]
+    fn the_earlier_of_grpc_deadline_and_timeout_wins_else_slo_else_default() {
+        assert_eq!(deadline(10.0, Some(0.5), Some(100_000), Some(2.0), 1.0), 10.1);
+        assert_eq!(deadline(10.0, Some(0.05), Some(100_000), None, 1.0), 10.05);
+        assert_eq!(deadline(10.0, None, None, Some(2.0), 1.0), 12.0);
+        assert_eq!(deadline(10.0, None, None, None, 1.0), 11.0);
+    }
+
+    #[test]
+    fn parameters_are_type_checked() {
+        let mut p = HashMap::new();
+        p.insert("timeout".to_string(), int(5000));
+        p.insert("priority".to_string(), int(2));
+        p.insert("kairos_class".to_string(), text("batch"));
+        p.insert("other".to_string(), text("ignored"));
+        let read = read_parameters(&p).unwrap_or_default();
+        assert_eq!(read, Parameters { timeout_us: Some(5000), priority: 2, batch_class: true });
+        for (key, value, expected) in [
+            ("timeout", int(0), "positive number of microseconds"),
+            ("timeout", text("5"), "must be an integer (int64_param), not string_param"),
+            ("priority", int(-1), "must be >= 0"),
+            ("kairos_class", text("urgent"), "'online' or 'batch', not 'urgent'"),
+        ] {
+            let mut p = HashMap::new();
+            p.insert(key.to_string(), value);
+            let err = read_parameters(&p).unwrap_err();
+            assert!(err.message.contains(expected), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn the_monotonic_clock_advances() {
+        let a = monotonic();
+        let b = monotonic();
+        assert!(b >= a && a > 0.0);
+    }
 }

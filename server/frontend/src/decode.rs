@@ -387,3 +387,147 @@ pub fn join_bytes<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::model_infer_request::InferInputTensor;
+    use proptest::prelude::*;
+
+    fn tensor(name: &str, datatype: &str, shape: &[i64]) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_numeric_datatype_decodes_from_raw_bytes() {
+        for dtype in Dtype::ALL {
+            if dtype == Dtype::Bytes {
+                continue;
+            }
+            let raw: Vec<u8> = (0..6 * dtype.itemsize()).map(|i| (i % 2) as u8).collect();
+            let t = decode_tensor(&tensor("x", dtype.name(), &[2, 3]), Some(raw.clone()))
+                .unwrap_or_else(|e| panic!("{}: {}", dtype.name(), e.message));
+            assert_eq!(t.dtype, dtype);
+            assert_eq!(t.shape, vec![2, 3]);
+            assert_eq!(t.data, Data::Raw(raw));
+        }
+    }
+
+    #[test]
+    fn raw_size_must_match_the_shape() {
+        let err = decode_tensor(&tensor("x", "FP32", &[2, 3]), Some(vec![0; 20])).unwrap_err();
+        assert_eq!(err.code, tonic::Code::InvalidArgument);
+        assert!(err.message.contains("20 bytes of data"), "{}", err.message);
+        assert!(err.message.contains("needs 24"), "{}", err.message);
+    }
+
+    #[test]
+    fn bool_raw_bytes_other_than_0_and_1_are_refused() {
+        let err = decode_tensor(&tensor("b", "BOOL", &[2]), Some(vec![0, 2])).unwrap_err();
+        assert!(err.message.contains("bytes 0 or 1"));
+    }
+
+    #[test]
+    fn typed_contents_decode_to_little_endian_bytes() {
+        let mut t = tensor("x", "INT16", &[3]);
+        t.contents = Some(InferTensorContents {
+            int_contents: vec![-1, 2, 300],
+            ..Default::default()
+        });
+        let decoded = decode_tensor(&t, None).unwrap_or_else(|e| panic!("{}", e.message));
+        let expected: Vec<u8> = [-1i16, 2, 300].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(decoded.data, Data::Raw(expected));
+    }
+
+    #[test]
+    fn narrow_integer_contents_are_range_checked() {
+        let mut t = tensor("x", "UINT8", &[1]);
+        t.contents = Some(InferTensorContents {
+            uint_contents: vec![256],
+            ..Default::default()
+        });
+        let err = decode_tensor(&t, None).unwrap_err();
+        assert!(err.message.contains("does not fit UINT8"), "{}", err.message);
+    }
+
+    #[test]
+    fn fp16_has_no_contents_field() {
+        let mut t = tensor("h", "FP16", &[1]);
+        t.contents = Some(InferTensorContents::default());
+        let err = decode_tensor(&t, None).unwrap_err();
+        assert!(err.message.contains("raw_input_contents"), "{}", err.message);
+    }
+
+    #[test]
+    fn bytes_framing_round_trips_and_rejects_short_or_long_data() {
+        let items: Vec<&[u8]> = vec![b"ab", b"", "é".as_bytes()];
+        let framed = join_bytes(items.iter().copied());
+        assert_eq!(
+            split_bytes("s", &framed, 3).unwrap_or_default(),
+            items.iter().map(|i| i.to_vec()).collect::<Vec<_>>()
+        );
+        assert!(split_bytes("s", &framed, 4).is_err());
+        assert!(split_bytes("s", &framed, 2).is_err());
+        let mut bad = framed.clone();
+        bad[0] = 200;
+        assert!(split_bytes("s", &bad, 3).is_err());
+    }
+
+    #[test]
+    fn bf16_unknown_datatypes_and_bad_shapes_are_refused_with_short_messages() {
+        assert!(decode_tensor(&tensor("x", "BF16", &[1]), Some(vec![0, 0]))
+            .unwrap_err()
+            .message
+            .contains("BF16 is not supported"));
+        let long = "Q".repeat(10_000);
+        let err = decode_tensor(&tensor("x", &long, &[1]), Some(vec![0])).unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message.len());
+        assert!(decode_tensor(&tensor("x", "FP32", &[-1]), Some(vec![])).is_err());
+        assert!(decode_tensor(&tensor("x", "FP32", &[1 << 40, 1 << 40]), None).is_err());
+        assert!(decode_tensor(&tensor("x", "FP32", &[1; 17]), Some(vec![0; 4])).is_err());
+    }
+
+    #[test]
+    fn requests_need_one_raw_buffer_per_input_and_unique_names() {
+        let mut request = ModelInferRequest {
+            inputs: vec![tensor("a", "UINT8", &[1]), tensor("b", "UINT8", &[1])],
+            raw_input_contents: vec![vec![1]],
+            ..Default::default()
+        };
+        assert!(decode_inputs(&mut request).is_err());
+        let mut twice = ModelInferRequest {
+            inputs: vec![tensor("a", "UINT8", &[1]), tensor("a", "UINT8", &[1])],
+            raw_input_contents: vec![vec![1], vec![2]],
+            ..Default::default()
+        };
+        let err = decode_inputs(&mut twice).unwrap_err();
+        assert!(err.message.contains("given twice"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_raw_tensor_of_the_right_size_decodes_to_its_bytes(
+            dims in proptest::collection::vec(0i64..5, 0..4),
+            index in 0usize..12,
+            seed in any::<u8>(),
+        ) {
+            let dtype = Dtype::ALL[index];
+            let count: i64 = dims.iter().product();
+            let raw: Vec<u8> = (0..count as usize * dtype.itemsize())
+                .map(|i| if dtype == Dtype::Bool { (i as u8 ^ seed) & 1 } else { i as u8 ^ seed })
+                .collect();
+            let t = decode_tensor(&tensor("x", dtype.name(), &dims), Some(raw.clone()));
+            prop_assert_eq!(t.map(|t| t.data).ok(), Some(Data::Raw(raw)));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_bytes_splitter(data in proptest::collection::vec(any::<u8>(), 0..64), count in 0usize..8) {
+            let _ = split_bytes("s", &data, count);
+        }
+    }
+}

@@ -513,9 +513,40 @@ impl Frontend {
     }
 }
 
+/// Decode an encoded ModelInferRequest's inputs as the server does (for tests and
+/// tools): {name: array}, BYTES inputs as (list of bytes, shape). ValueError names
+/// the problem.
+#[pyfunction]
+fn decode_request<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let mut request = <crate::pb::ModelInferRequest as prost::Message>::decode(payload)
+        .map_err(|e| PyValueError::new_err(format!("not a ModelInferRequest: {e}")))?;
+    let tensors = crate::decode::decode_inputs(&mut request)
+        .map_err(|r| PyValueError::new_err(r.message))?;
+    let inputs = PyDict::new(py);
+    for tensor in tensors {
+        let name = PyString::new(py, &tensor.name);
+        inputs.set_item(name, tensor_object(py, tensor)?)?;
+    }
+    Ok(inputs)
+}
+
+/// Encode outputs [(name, array)] as the server does: an encoded ModelInferResponse.
+#[pyfunction]
+fn encode_response<'py>(py: Python<'py>, outputs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let (tensors, raw) = encode_outputs(outputs)?;
+    let response = crate::pb::ModelInferResponse {
+        outputs: tensors,
+        raw_output_contents: raw,
+        ..Default::default()
+    };
+    Ok(PyBytes::new(py, &prost::Message::encode_to_vec(&response)))
+}
+
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Frontend>()?;
+    module.add_function(wrap_pyfunction!(decode_request, module)?)?;
+    module.add_function(wrap_pyfunction!(encode_response, module)?)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -18,6 +18,22 @@ use tonic_health::ServingStatus;
 
 pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
 
+/// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC (and every
+/// client's expectation) says RESOURCE_EXHAUSTED. The status travels in the headers
+/// of a trailers-only response, so it is fixed there.
+fn size_limit_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 pub struct Tls {
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
@@ -77,7 +93,9 @@ pub fn start(options: Options) -> Result<Running, Box<dyn std::error::Error + Se
         .register_encoded_file_descriptor_set(crate::INFERENCE_DESCRIPTOR)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let mut builder = Server::builder().tcp_nodelay(true);
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(size_limit_status));
     if let Some(tls) = options.tls {
         let mut config = ServerTlsConfig::new().identity(Identity::from_pem(tls.cert, tls.key));
         if let Some(ca) = tls.client_ca {

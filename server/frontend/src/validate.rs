@@ -151,3 +151,114 @@ pub fn validate_outputs(
     }
     Ok(Some(requested.to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Data, Dtype, Tensor};
+
+    fn spec(name: &str, dtype: &str, shape: &[i64]) -> Spec {
+        Spec {
+            name: name.into(),
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![spec("ids", "INT64", &[-1, -1]), spec("mask", "INT64", &[-1, -1])],
+            outputs: vec![spec("logits", "FP32", &[-1, 2]), spec("label", "INT64", &[-1])],
+            max_batch_size: 64,
+        }
+    }
+
+    fn tensor(name: &str, dtype: Dtype, shape: &[i64]) -> Tensor {
+        let count: i64 = shape.iter().product();
+        Tensor {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            data: Data::Raw(vec![0; count as usize * dtype.itemsize()]),
+        }
+    }
+
+    #[test]
+    fn a_valid_request_gives_its_rows_and_signature_order() {
+        let mut tensors = vec![tensor("mask", Dtype::I64, &[3, 7]), tensor("ids", Dtype::I64, &[3, 7])];
+        assert_eq!(validate_inputs(&signature(), &mut tensors).ok(), Some(3));
+        assert_eq!(tensors[0].name, "ids");
+    }
+
+    #[test]
+    fn mismatches_name_the_input() {
+        let cases: Vec<(Vec<Tensor>, &str)> = vec![
+            (vec![tensor("ids", Dtype::I64, &[1, 2])], "missing input 'mask'"),
+            (
+                vec![tensor("ids", Dtype::I32, &[1, 2]), tensor("mask", Dtype::I64, &[1, 2])],
+                "input 'ids': datatype INT32, but the model expects INT64",
+            ),
+            (
+                vec![tensor("ids", Dtype::I64, &[2]), tensor("mask", Dtype::I64, &[1, 2])],
+                "input 'ids': 1 dimensions",
+            ),
+            (
+                vec![tensor("ids", Dtype::I64, &[2, 2]), tensor("mask", Dtype::I64, &[1, 2])],
+                "every input needs the same batch size",
+            ),
+            (
+                vec![tensor("ids", Dtype::I64, &[0, 2]), tensor("mask", Dtype::I64, &[0, 2])],
+                "batch dimension is 0",
+            ),
+            (
+                vec![tensor(&"z".repeat(5000), Dtype::I64, &[1, 2])],
+                "unknown input 'zzzz",
+            ),
+        ];
+        for (mut tensors, expected) in cases {
+            let err = validate_inputs(&signature(), &mut tensors).unwrap_err();
+            assert!(err.message.contains(expected), "{} !~ {expected}", err.message);
+            assert!(err.message.len() < 300);
+        }
+    }
+
+    #[test]
+    fn fixed_dimensions_are_enforced() {
+        let sig = Signature {
+            inputs: vec![spec("x", "FP32", &[-1, 4])],
+            outputs: vec![],
+            max_batch_size: 8,
+        };
+        let err = validate_inputs(&sig, &mut vec![tensor("x", Dtype::F32, &[1, 3])]).unwrap_err();
+        assert!(err.message.contains("dimension 1 is 3, but the model expects 4"));
+    }
+
+    #[test]
+    fn bytes_inputs_must_be_utf8() {
+        let sig = Signature {
+            inputs: vec![spec("s", "BYTES", &[-1])],
+            outputs: vec![],
+            max_batch_size: 8,
+        };
+        let mut bad = vec![Tensor {
+            name: "s".into(),
+            dtype: Dtype::Bytes,
+            shape: vec![2],
+            data: Data::Bytes(vec![b"ok".to_vec(), vec![0xff]]),
+        }];
+        let err = validate_inputs(&sig, &mut bad).unwrap_err();
+        assert!(err.message.contains("BYTES element 1 is not valid UTF-8"));
+    }
+
+    #[test]
+    fn requested_outputs_must_exist_once() {
+        let sig = signature();
+        assert_eq!(validate_outputs(&sig, &[]).ok(), Some(None));
+        assert!(validate_outputs(&sig, &["nope".into()]).is_err());
+        assert!(validate_outputs(&sig, &["label".into(), "label".into()]).is_err());
+        assert_eq!(
+            validate_outputs(&sig, &["label".into()]).ok(),
+            Some(Some(vec!["label".to_string()]))
+        );
+    }
+}
