@@ -35,14 +35,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import InvalidInput
 from .repository.config import CONFIG_NAMES
+from .repository.repository import MODEL_FILE, check_model_name
 
 log = logging.getLogger("kairos.kserve")
 
 KSERVE_MODEL_DIR = Path("/mnt/models")
-MODEL_FILE = "model.onnx"
 _VERSION = re.compile(r"^[0-9]{1,18}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 class LayoutError(ValueError):
@@ -105,9 +105,10 @@ def build_repository(folder: Path, name: str | None, workdir: Path | None = None
     if not name:
         raise LayoutError(f"{folder} holds a single model ({layout} layout): "
                           "name it with --model-name")
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise LayoutError(f"invalid --model-name {name!r}: use letters, digits, '_', '-' and "
-                          "'.', starting with a letter or digit")
+    try:
+        check_model_name(name)  # the repository's own rule for names
+    except InvalidInput as exc:
+        raise LayoutError(f"--model-name: {exc}") from None
     root = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="kairos-kserve-"))
     model = root / name
     if layout == "model":

@@ -88,7 +88,7 @@ def test_a_single_model_needs_a_valid_name(tmp_path: Path) -> None:
     source = file_folder(tmp_path / "mnt")
     with pytest.raises(LayoutError, match="--model-name"):
         build_repository(source, None, tmp_path / "a")
-    with pytest.raises(LayoutError, match="invalid --model-name"):
+    with pytest.raises(LayoutError, match="--model-name: invalid model name"):
         build_repository(source, "../escape", tmp_path / "b")
 
 
