@@ -171,12 +171,19 @@ def markdown(serving: dict, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+ANALYSIS = "What it shows"  # the hand-written reading under the table, kept on rewrite
+
+
 def write_section(text: str, path: Path) -> None:
-    """Replace this section in BENCHMARKS.md (or append it)."""
+    """Replace this section's table in BENCHMARKS.md (or append the section), keeping the
+    hand-written analysis below it."""
     doc = path.read_text()
     if SECTION in doc:
         start = doc.index(SECTION)
         end = doc.find("\n## ", start + len(SECTION))
+        old = doc[start:end] if end >= 0 else doc[start:]
+        if ANALYSIS in old:
+            text = text.rstrip("\n") + "\n\n" + old[old.index(ANALYSIS):].rstrip("\n") + "\n"
         doc = doc[:start] + text + (doc[end:] if end >= 0 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text

@@ -38,6 +38,9 @@ METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entr
 WEIGHT_TYPES = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
 FP16_CPU_WARNING = ("fp16 is known to be no faster than fp32 on CPUExecutionProvider (it runs "
                     "Cast and fp32 kernels); serve it on a GPU provider")
+CONV_DYNAMIC_WARNING = ("dynamic int8 turns Conv into ConvInteger, which onnxruntime's CPU provider "
+                        "runs several times slower than fp32 (measured 6-22x on the zoo's ResNet and "
+                        "MobileNet, BENCHMARKS.md); quantize conv nets with --mode static")
 QUINT8_WARNING = "QUInt8 weights are known to run slower than QInt8 on AVX-512 VNNI CPUs"
 
 
@@ -106,7 +109,8 @@ def dynamic_int8(model: onnx.ModelProto, out: Path, per_channel: bool = False,
     model = canonical_model(model)
     with _quiet_ort():
         quantize_dynamic(model, out, per_channel=per_channel, weight_type=WEIGHT_TYPES[weight_type])
-    return [w for w in (_unquantized_gemm_warning(model),
+    conv = CONV_DYNAMIC_WARNING if any(n.op_type == "Conv" for n in model.graph.node) else None
+    return [w for w in (_unquantized_gemm_warning(model), conv,
                         QUINT8_WARNING if weight_type == "quint8" else None) if w]
 
 
