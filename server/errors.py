@@ -5,6 +5,18 @@ Each carries `reason`, the label metrics use for failures.
 
 from __future__ import annotations
 
+# Longest user-supplied string an error message echoes: clients cap response metadata
+# near 8 KB, and a longer echo turns NOT_FOUND into RESOURCE_EXHAUSTED.
+ECHO_LIMIT = 64
+
+
+def short(text: object) -> str:
+    """At most ECHO_LIMIT characters of a user-supplied string, marked when cut."""
+    text = str(text)
+    if len(text) <= ECHO_LIMIT:
+        return text
+    return f"{text[:ECHO_LIMIT]}...({len(text.encode('utf-8', 'replace'))} bytes)"
+
 
 class KairosError(Exception):
     """Base of every error the server answers a request with."""

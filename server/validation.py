@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 from kairos.protos.codec import DTYPE_TO_DATATYPE
 
-from .errors import InvalidInput
+from .errors import InvalidInput, short
 from .types import ModelSignature
 
 
@@ -28,7 +28,7 @@ def validate_inputs(
     unknown = [name for name in inputs if name not in expected]
     if unknown:
         raise InvalidInput(
-            f"unknown input '{unknown[0]}'; the model takes {', '.join(sorted(expected))}"
+            f"unknown input '{short(unknown[0])}'; the model takes {', '.join(sorted(expected))}"
         )
     missing = [name for name in expected if name not in inputs]
     if missing:
@@ -80,9 +80,9 @@ def validate_outputs(signature: ModelSignature, requested: list[str]) -> list[st
     for name in requested:
         if name not in known:
             raise InvalidInput(
-                f"unknown output '{name}' requested; the model produces {', '.join(sorted(known))}"
+                f"unknown output '{short(name)}' requested; the model produces {', '.join(sorted(known))}"
             )
         if name in seen:
-            raise InvalidInput(f"output '{name}' requested twice")
+            raise InvalidInput(f"output '{short(name)}' requested twice")
         seen.add(name)
     return list(requested)

@@ -132,12 +132,17 @@ class NativeTransport:
         self.frontend.publish(name, versions, state.latest, list(state.failed.items()), state.reason)
 
     async def drain(self, grace_s: float, drain_delay_s: float) -> None:
-        """Refuse new requests, serve every one received, then stop the listener."""
-        self.frontend.stop_accepting()
-        self.frontend.close_streams()
-        if drain_delay_s > 0:
-            await asyncio.sleep(drain_delay_s)
+        """Not ready at once; after `drain_delay_s` (inference refused meanwhile, so load
+        balancers move away), GOAWAY: every request a client sent before it saw the
+        GOAWAY is served, later ones find the listener closed (UNAVAILABLE)."""
         deadline = time.monotonic() + grace_s
+        self.frontend.begin_drain()
+        if drain_delay_s > 0:
+            self.frontend.stop_accepting()
+            await asyncio.sleep(drain_delay_s)
+        self.frontend.close_streams()
+        # stop() blocks (GIL released) until every connection has finished.
+        await asyncio.to_thread(self.frontend.stop, max(0.0, deadline - time.monotonic()))
         while self.frontend.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         if self.frontend.in_flight:
@@ -145,8 +150,6 @@ class NativeTransport:
         self._flush()
         if self._loop is not None:
             self._loop.remove_reader(self.frontend.wakeup_fd)
-        remaining = max(0.0, deadline - time.monotonic())
-        await asyncio.to_thread(self.frontend.stop, min(remaining, 1.0) if remaining else 0.0)
 
     # ---- arrivals --------------------------------------------------------------------
 
@@ -160,11 +163,21 @@ class NativeTransport:
             task.add_done_callback(self._calls.discard)
         if refused:
             self._count_refusals(refused)
-        if self._touched:
-            self.frontend.set_min_service(
-                [(m, v, _min_service_s(s)) for (m, v), s in self._touched.items()]
-            )
-            self._touched.clear()
+        self._publish_service_floors()
+
+    def _publish_service_floors(self) -> None:
+        """The front end refuses a request with less time left than L(1) only while
+        its model has a queue (as `AsyncDispatcher.hopeless` does): an idle model
+        admits it, so the scheduler's probe can relearn a fast L(1)."""
+        if not self._touched:
+            return
+        floors = []
+        for (model, version), served in list(self._touched.items()):
+            queued = served.dispatcher.core.queued_requests > 0
+            floors.append((model, version, _min_service_s(served) if queued else 0.0))
+            if not queued:
+                del self._touched[(model, version)]
+        self.frontend.set_min_service(floors)
 
     def _count_refusals(self, refused: list[tuple]) -> None:
         finished = self.metrics.request_finished
@@ -231,6 +244,7 @@ class NativeTransport:
         results, self._results = self._results, []
         if results:
             self.frontend.complete(results)
+        self._publish_service_floors()
 
     # ---- forwarded calls -------------------------------------------------------------
 

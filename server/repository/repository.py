@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backend.onnx_backend import ModelLoadError, OnnxBackend
-from ..errors import InvalidInput, KairosError, ModelNotFound, ModelUnavailable
+from ..errors import InvalidInput, KairosError, ModelNotFound, ModelUnavailable, short
 from ..metrics import NULL_METRICS, MetricsSink
 from ..types import ModelSignature
 from .config import ConfigError, ModelSettings, load_settings
@@ -44,14 +44,14 @@ def check_model_name(name: str) -> None:
     """Refuse names that could reach outside the repository (`..`, `/`, absolute paths)."""
     if not _NAME.fullmatch(name or "") or ".." in name:
         raise InvalidInput(
-            f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "
+            f"invalid model name '{short(name)}': use letters, digits, '_', '-' and '.', "
             "starting with a letter or digit"
         )
 
 
 def check_version(version: str) -> None:
     if version and not _VERSION.fullmatch(version):
-        raise InvalidInput(f"invalid model version {version!r}: versions are whole numbers")
+        raise InvalidInput(f"invalid model version '{short(version)}': versions are whole numbers")
 
 
 @dataclass
@@ -125,7 +125,7 @@ class ModelRepository:
         path = self.root / name
         # A symlinked model folder must still resolve inside the repository.
         if not path.resolve().is_relative_to(self.root):
-            raise InvalidInput(f"model {name!r} points outside the model repository")
+            raise InvalidInput(f"model '{short(name)}' points outside the model repository")
         return path
 
     def names_on_disk(self) -> list[str]:
@@ -162,7 +162,7 @@ class ModelRepository:
         """Load or reload a model; raises ModelUnavailable with the reason if it fails."""
         folder = self._model_dir(name)
         if not folder.is_dir():
-            raise ModelNotFound(f"model '{name}' is not in the model repository")
+            raise ModelNotFound(f"model '{short(name)}' is not in the model repository")
         record = self._models.setdefault(name, _Model(name))
         async with record.lock:
             if not record.served:
@@ -272,7 +272,7 @@ class ModelRepository:
         record = self._models.get(name)
         if record is None:
             if not self._model_dir(name).is_dir():
-                raise ModelNotFound(f"model '{name}' is not in the model repository")
+                raise ModelNotFound(f"model '{short(name)}' is not in the model repository")
             return
         async with record.lock:
             old, record.served, record.failed = record.served, {}, {}
@@ -295,7 +295,7 @@ class ModelRepository:
             check_model_name(name)
             if (self.root / name).is_dir():
                 raise ModelUnavailable(f"model '{name}' is not loaded")
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"unknown model '{short(name)}'")
         if version:
             served = record.served.get(version)
             if served is not None:
@@ -305,7 +305,7 @@ class ModelRepository:
                 raise ModelUnavailable(
                     f"model '{name}' version {version} failed to load: {record.failed[version]}"
                 )
-            raise ModelNotFound(f"model '{name}' has no version {version}")
+            raise ModelNotFound(f"model '{name}' has no version {short(version)}")
         served = record.latest()
         if served is None:
             raise ModelUnavailable(f"model '{name}' is not ready: {record.reason or record.state}")

@@ -31,6 +31,7 @@ from ..errors import (
     ModelUnavailable,
     Refused,
     ShuttingDown,
+    short,
 )
 from ..metrics import MetricsSink
 from ..repository import ModelRepository, ServedVersion
@@ -279,13 +280,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return grpc.StatusCode.PERMISSION_DENIED, "repository load/unload is disabled on this server"
         if request.repository_name:
             return grpc.StatusCode.NOT_FOUND, (
-                f"unknown repository '{request.repository_name}'; this server has one (use '')"
+                f"unknown repository '{short(request.repository_name)}'; this server has one (use '')"
             )
         # Kairos models have no dependents, so `unload_dependents` has nothing to do.
         unsupported = sorted(set(request.parameters) - {"unload_dependents"})
         if unsupported:
             return grpc.StatusCode.INVALID_ARGUMENT, (
-                f"repository parameter '{unsupported[0]}' is not supported"
+                f"repository parameter '{short(unsupported[0])}' is not supported"
             )
         return None
 
@@ -546,7 +547,7 @@ def _read_parameters(parameters) -> tuple[int | None, int, str]:
         value = codec.parameter_value(parameters[BATCH_CLASS_PARAMETER])
         if value not in ("online", "batch"):
             raise InvalidInput(
-                f"parameter '{BATCH_CLASS_PARAMETER}' must be the string 'online' or 'batch', not {value!r}"
+                f"parameter '{BATCH_CLASS_PARAMETER}' must be the string 'online' or 'batch', not {short(repr(value))}"
             )
         klass = value
     return timeout_us, priority, klass

@@ -38,7 +38,9 @@ fn integer(parameter: &InferParameter, name: &str) -> Result<i64, Refusal> {
 
 /// (timeout, priority, class) from the request parameters; others are ignored, as V2
 /// servers do.
-pub fn read_parameters(parameters: &HashMap<String, InferParameter>) -> Result<Parameters, Refusal> {
+pub fn read_parameters(
+    parameters: &HashMap<String, InferParameter>,
+) -> Result<Parameters, Refusal> {
     let mut out = Parameters::default();
     if let Some(p) = parameters.get("timeout") {
         let timeout = integer(p, "timeout")?;
@@ -65,7 +67,9 @@ pub fn read_parameters(parameters: &HashMap<String, InferParameter>) -> Result<P
             other => {
                 let shown = match other {
                     Some(ParameterChoice::StringParam(s)) => format!("'{}'", short(s)),
-                    Some(ParameterChoice::BoolParam(b)) => (if *b { "True" } else { "False" }).into(),
+                    Some(ParameterChoice::BoolParam(b)) => {
+                        (if *b { "True" } else { "False" }).into()
+                    }
                     Some(ParameterChoice::Int64Param(v)) => v.to_string(),
                     Some(ParameterChoice::Uint64Param(v)) => v.to_string(),
                     Some(ParameterChoice::DoubleParam(v)) => v.to_string(),
@@ -163,7 +167,10 @@ mod tests {
 
     #[test]
     fn the_earlier_of_grpc_deadline_and_timeout_wins_else_slo_else_default() {
-        assert_eq!(deadline(10.0, Some(0.5), Some(100_000), Some(2.0), 1.0), 10.1);
+        assert_eq!(
+            deadline(10.0, Some(0.5), Some(100_000), Some(2.0), 1.0),
+            10.1
+        );
         assert_eq!(deadline(10.0, Some(0.05), Some(100_000), None, 1.0), 10.05);
         assert_eq!(deadline(10.0, None, None, Some(2.0), 1.0), 12.0);
         assert_eq!(deadline(10.0, None, None, None, 1.0), 11.0);
@@ -177,12 +184,27 @@ mod tests {
         p.insert("kairos_class".to_string(), text("batch"));
         p.insert("other".to_string(), text("ignored"));
         let read = read_parameters(&p).unwrap_or_default();
-        assert_eq!(read, Parameters { timeout_us: Some(5000), priority: 2, batch_class: true });
+        assert_eq!(
+            read,
+            Parameters {
+                timeout_us: Some(5000),
+                priority: 2,
+                batch_class: true
+            }
+        );
         for (key, value, expected) in [
             ("timeout", int(0), "positive number of microseconds"),
-            ("timeout", text("5"), "must be an integer (int64_param), not string_param"),
+            (
+                "timeout",
+                text("5"),
+                "must be an integer (int64_param), not string_param",
+            ),
             ("priority", int(-1), "must be >= 0"),
-            ("kairos_class", text("urgent"), "'online' or 'batch', not 'urgent'"),
+            (
+                "kairos_class",
+                text("urgent"),
+                "'online' or 'batch', not 'urgent'",
+            ),
         ] {
             let mut p = HashMap::new();
             p.insert(key.to_string(), value);

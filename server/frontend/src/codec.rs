@@ -56,7 +56,10 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        let name = std::any::type_name::<U>().rsplit("::").next().unwrap_or("message");
+        let name = std::any::type_name::<U>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("message");
         match U::decode(buf.copy_to_bytes(buf.remaining())) {
             Ok(message) => Ok(Some(message)),
             Err(e) => Err(Status::invalid_argument(format!(

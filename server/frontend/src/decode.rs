@@ -172,10 +172,7 @@ pub fn split_bytes(name: &str, buffer: &[u8], count: usize) -> Result<Vec<Vec<u8
 }
 
 /// One tensor from its raw bytes (taken, not copied) or its typed contents.
-pub fn decode_tensor(
-    tensor: &InferInputTensor,
-    raw: Option<Vec<u8>>,
-) -> Result<Tensor, Refusal> {
+pub fn decode_tensor(tensor: &InferInputTensor, raw: Option<Vec<u8>>) -> Result<Tensor, Refusal> {
     let name = tensor.name.as_str();
     if tensor.datatype == "BF16" {
         return Err(invalid(format!(
@@ -440,7 +437,10 @@ mod tests {
             ..Default::default()
         });
         let decoded = decode_tensor(&t, None).unwrap_or_else(|e| panic!("{}", e.message));
-        let expected: Vec<u8> = [-1i16, 2, 300].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let expected: Vec<u8> = [-1i16, 2, 300]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(decoded.data, Data::Raw(expected));
     }
 
@@ -452,7 +452,11 @@ mod tests {
             ..Default::default()
         });
         let err = decode_tensor(&t, None).unwrap_err();
-        assert!(err.message.contains("does not fit UINT8"), "{}", err.message);
+        assert!(
+            err.message.contains("does not fit UINT8"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -460,7 +464,11 @@ mod tests {
         let mut t = tensor("h", "FP16", &[1]);
         t.contents = Some(InferTensorContents::default());
         let err = decode_tensor(&t, None).unwrap_err();
-        assert!(err.message.contains("raw_input_contents"), "{}", err.message);
+        assert!(
+            err.message.contains("raw_input_contents"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

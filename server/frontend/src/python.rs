@@ -53,13 +53,20 @@ fn numeric_array<'py>(
     let mut dims: Vec<npy_intp> = shape.iter().map(|&d| d as npy_intp).collect();
     let itemsize = dtype.itemsize().max(1);
     // Vec<u8> buffers come from malloc (16-byte aligned); copy the odd one that is not.
-    let raw = if raw.as_ptr() as usize % itemsize == 0 {
+    let raw = if (raw.as_ptr() as usize).is_multiple_of(itemsize) {
         raw
     } else {
         let mut words = vec![0u64; raw.len().div_ceil(8)];
         // SAFETY: `words` holds at least raw.len() bytes.
-        unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), words.as_mut_ptr().cast(), raw.len()) };
-        return aligned_array(py, dtype, &mut dims, PyArray1::from_vec(py, words).into_any());
+        unsafe {
+            std::ptr::copy_nonoverlapping(raw.as_ptr(), words.as_mut_ptr().cast(), raw.len())
+        };
+        return aligned_array(
+            py,
+            dtype,
+            &mut dims,
+            PyArray1::from_vec(py, words).into_any(),
+        );
     };
     if raw.is_empty() {
         // SAFETY: numpy allocates the (empty) data itself when given none.
@@ -96,7 +103,9 @@ fn aligned_array<'py>(
         let data = (*base.as_ptr().cast::<npyffi::PyArrayObject>()).fields.data;
         let descr = PY_ARRAY_API.PyArray_DescrFromType(py, typenum(dtype));
         let subtype = npyffi::get_type_object(py, NpyTypes::PyArray_Type);
-        let flags = npyffi::NPY_ARRAY_C_CONTIGUOUS | npyffi::NPY_ARRAY_WRITEABLE | npyffi::NPY_ARRAY_ALIGNED;
+        let flags = npyffi::NPY_ARRAY_C_CONTIGUOUS
+            | npyffi::NPY_ARRAY_WRITEABLE
+            | npyffi::NPY_ARRAY_ALIGNED;
         let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
             py,
             subtype,
@@ -136,7 +145,10 @@ fn shape_key<'py>(py: Python<'py>, arrival: &InferArrival) -> PyResult<Bound<'py
     });
     let mut items = Vec::with_capacity(arrival.inputs.len());
     for (name, dims) in parts {
-        items.push(PyTuple::new(py, [PyString::new(py, name).into_any(), dims?])?);
+        items.push(PyTuple::new(
+            py,
+            [PyString::new(py, name).into_any(), dims?],
+        )?);
     }
     PyTuple::new(py, items)
 }
@@ -150,7 +162,11 @@ fn arrival_object<'py>(py: Python<'py>, arrival: InferArrival) -> PyResult<Bound
         let name = PyString::new(py, &tensor.name);
         inputs.set_item(name, tensor_object(py, tensor)?)?;
     }
-    let klass = if arrival.batch_class { "batch" } else { "online" };
+    let klass = if arrival.batch_class {
+        "batch"
+    } else {
+        "online"
+    };
     let items: [Bound<'py, PyAny>; 14] = [
         arrival.rid.into_pyobject(py)?.into_any(),
         PyString::new(py, &arrival.model).into_any(),
@@ -322,7 +338,11 @@ impl Frontend {
                 client_ca: tls_client_ca,
             }),
             (None, None) => None,
-            _ => return Err(PyValueError::new_err("TLS needs both a certificate and a key")),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "TLS needs both a certificate and a key",
+                ))
+            }
         };
         let options = Options {
             host,
@@ -405,7 +425,8 @@ impl Frontend {
         let models = self.shared.models.read();
         for (model, version, seconds) in items {
             if let Some(v) = models.get(&model).and_then(|m| m.versions.get(&version)) {
-                v.min_service_bits.store(seconds.to_bits(), Ordering::Relaxed);
+                v.min_service_bits
+                    .store(seconds.to_bits(), Ordering::Relaxed);
             }
         }
     }
@@ -416,10 +437,16 @@ impl Frontend {
         py.detach(|| self.with_running(|r| r.set_health(ready)));
     }
 
-    /// Drain begins: refuse new requests (UNAVAILABLE), not ready, health NOT_SERVING.
-    fn stop_accepting(&self, py: Python<'_>) {
-        self.shared.accepting.store(false, Ordering::Release);
+    /// Drain begins: not ready, models not ready, health NOT_SERVING; requests are
+    /// still served until `stop` sends GOAWAY (or `stop_accepting` refuses them).
+    fn begin_drain(&self, py: Python<'_>) {
+        self.shared.draining.store(true, Ordering::Release);
         self.set_ready(py, false);
+    }
+
+    /// Refuse new inference requests at once (UNAVAILABLE "server is shutting down").
+    fn stop_accepting(&self) {
+        self.shared.accepting.store(false, Ordering::Release);
     }
 
     /// Let every open stream answer what it has read, then end it (UNAVAILABLE).
@@ -464,7 +491,14 @@ impl Frontend {
             let klass = if batch { "batch" } else { "online" };
             refused.append((model, version, reason, klass, count))?;
         }
-        PyTuple::new(py, [arrivals.into_any(), forwarded.into_any(), refused.into_any()])
+        PyTuple::new(
+            py,
+            [
+                arrivals.into_any(),
+                forwarded.into_any(),
+                refused.into_any(),
+            ],
+        )
     }
 
     /// Results: (rid, [(name, array), ...]) for an answer, (rid, None, code, message)
@@ -501,7 +535,9 @@ impl Frontend {
         deliver_call(&self.shared, rid, reply);
     }
 
-    /// Graceful stop: GOAWAY, wait up to grace_s for requests in flight, close.
+    /// Graceful stop: close the listener, GOAWAY on every connection (requests a
+    /// client sent before it saw the GOAWAY are still read and served), wait up to
+    /// grace_s for the connections to finish, then close.
     fn stop(&self, py: Python<'_>, grace_s: f64) {
         let running = self.running.lock().take();
         if let Some(mut running) = running {
@@ -520,8 +556,8 @@ impl Frontend {
 fn decode_request<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     let mut request = <crate::pb::ModelInferRequest as prost::Message>::decode(payload)
         .map_err(|e| PyValueError::new_err(format!("not a ModelInferRequest: {e}")))?;
-    let tensors = crate::decode::decode_inputs(&mut request)
-        .map_err(|r| PyValueError::new_err(r.message))?;
+    let tensors =
+        crate::decode::decode_inputs(&mut request).map_err(|r| PyValueError::new_err(r.message))?;
     let inputs = PyDict::new(py);
     for tensor in tensors {
         let name = PyString::new(py, &tensor.name);
@@ -532,7 +568,10 @@ fn decode_request<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, P
 
 /// Encode outputs [(name, array)] as the server does: an encoded ModelInferResponse.
 #[pyfunction]
-fn encode_response<'py>(py: Python<'py>, outputs: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+fn encode_response<'py>(
+    py: Python<'py>,
+    outputs: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let (tensors, raw) = encode_outputs(outputs)?;
     let response = crate::pb::ModelInferResponse {
         outputs: tensors,

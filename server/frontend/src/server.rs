@@ -27,7 +27,10 @@ fn size_limit_status<B>(mut response: http::Response<B>) -> http::Response<B> {
         && headers
             .get("grpc-message")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
+            .is_some_and(|m| {
+                m.contains("message%20length%20too%20large")
+                    || m.contains("message length too large")
+            });
     if too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
@@ -60,9 +63,10 @@ pub struct Running {
 
 fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host, port).to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address for host")
-    })
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address for host"))
 }
 
 pub fn start(options: Options) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {

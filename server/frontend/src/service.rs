@@ -100,7 +100,10 @@ impl Service {
                     short(name)
                 )));
             }
-            return Err(Refusal::not_found(format!("unknown model '{name}'")));
+            return Err(Refusal::not_found(format!(
+                "unknown model '{}'",
+                short(name)
+            )));
         };
         if !version.is_empty() {
             if let Some(v) = entry.versions.get(version) {
@@ -286,7 +289,8 @@ impl Service {
                 None => break,
                 Some(Err(status)) => {
                     let refusal = Refusal::invalid(status.message().to_string());
-                    let error = Self::stream_error(&refusal, String::new(), String::new(), String::new());
+                    let error =
+                        Self::stream_error(&refusal, String::new(), String::new(), String::new());
                     if tx.send(Ok(error)).await.is_err() {
                         break;
                     }
@@ -308,7 +312,11 @@ impl Service {
             state.wait_until(room).await;
             match self.admit(request, arrival, None) {
                 Err(refusal) => {
-                    if tx.send(Ok(Self::stream_error(&refusal, model, version, id))).await.is_err() {
+                    if tx
+                        .send(Ok(Self::stream_error(&refusal, model, version, id)))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -367,7 +375,10 @@ impl GrpcInferenceService for Service {
         self.authorize(request.metadata())?;
         let request = request.into_inner();
         let ready = match self.resolve(&request.name, &request.version) {
-            Ok(_) => self.shared.accepting.load(Ordering::Acquire),
+            Ok(_) => {
+                self.shared.accepting.load(Ordering::Acquire)
+                    && !self.shared.draining.load(Ordering::Acquire)
+            }
             Err(refusal) if refusal.code == tonic::Code::InvalidArgument => {
                 return Err(refusal.status())
             }
@@ -505,7 +516,12 @@ pub fn deliver(shared: &Shared, rid: u64, reply: Result<Outputs, Refusal>) {
             let message = match reply {
                 Ok(outputs) => ModelStreamInferResponse {
                     error_message: String::new(),
-                    infer_response: Some(response(target.model, target.version, target.id, outputs)),
+                    infer_response: Some(response(
+                        target.model,
+                        target.version,
+                        target.id,
+                        outputs,
+                    )),
                 },
                 Err(refusal) => {
                     Service::stream_error(&refusal, target.model, target.version, target.id)

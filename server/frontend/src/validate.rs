@@ -26,7 +26,7 @@ fn names(specs: &[Spec]) -> String {
 }
 
 /// Rows of a valid request, with its tensors reordered to the signature's input order.
-pub fn validate_inputs(signature: &Signature, tensors: &mut Vec<Tensor>) -> Result<i64, Refusal> {
+pub fn validate_inputs(signature: &Signature, tensors: &mut [Tensor]) -> Result<i64, Refusal> {
     if let Some(unknown) = tensors
         .iter()
         .find(|t| !signature.inputs.iter().any(|s| s.name == t.name))
@@ -167,8 +167,14 @@ mod tests {
 
     fn signature() -> Signature {
         Signature {
-            inputs: vec![spec("ids", "INT64", &[-1, -1]), spec("mask", "INT64", &[-1, -1])],
-            outputs: vec![spec("logits", "FP32", &[-1, 2]), spec("label", "INT64", &[-1])],
+            inputs: vec![
+                spec("ids", "INT64", &[-1, -1]),
+                spec("mask", "INT64", &[-1, -1]),
+            ],
+            outputs: vec![
+                spec("logits", "FP32", &[-1, 2]),
+                spec("label", "INT64", &[-1]),
+            ],
             max_batch_size: 64,
         }
     }
@@ -185,7 +191,10 @@ mod tests {
 
     #[test]
     fn a_valid_request_gives_its_rows_and_signature_order() {
-        let mut tensors = vec![tensor("mask", Dtype::I64, &[3, 7]), tensor("ids", Dtype::I64, &[3, 7])];
+        let mut tensors = vec![
+            tensor("mask", Dtype::I64, &[3, 7]),
+            tensor("ids", Dtype::I64, &[3, 7]),
+        ];
         assert_eq!(validate_inputs(&signature(), &mut tensors).ok(), Some(3));
         assert_eq!(tensors[0].name, "ids");
     }
@@ -193,21 +202,36 @@ mod tests {
     #[test]
     fn mismatches_name_the_input() {
         let cases: Vec<(Vec<Tensor>, &str)> = vec![
-            (vec![tensor("ids", Dtype::I64, &[1, 2])], "missing input 'mask'"),
             (
-                vec![tensor("ids", Dtype::I32, &[1, 2]), tensor("mask", Dtype::I64, &[1, 2])],
+                vec![tensor("ids", Dtype::I64, &[1, 2])],
+                "missing input 'mask'",
+            ),
+            (
+                vec![
+                    tensor("ids", Dtype::I32, &[1, 2]),
+                    tensor("mask", Dtype::I64, &[1, 2]),
+                ],
                 "input 'ids': datatype INT32, but the model expects INT64",
             ),
             (
-                vec![tensor("ids", Dtype::I64, &[2]), tensor("mask", Dtype::I64, &[1, 2])],
+                vec![
+                    tensor("ids", Dtype::I64, &[2]),
+                    tensor("mask", Dtype::I64, &[1, 2]),
+                ],
                 "input 'ids': 1 dimensions",
             ),
             (
-                vec![tensor("ids", Dtype::I64, &[2, 2]), tensor("mask", Dtype::I64, &[1, 2])],
+                vec![
+                    tensor("ids", Dtype::I64, &[2, 2]),
+                    tensor("mask", Dtype::I64, &[1, 2]),
+                ],
                 "every input needs the same batch size",
             ),
             (
-                vec![tensor("ids", Dtype::I64, &[0, 2]), tensor("mask", Dtype::I64, &[0, 2])],
+                vec![
+                    tensor("ids", Dtype::I64, &[0, 2]),
+                    tensor("mask", Dtype::I64, &[0, 2]),
+                ],
                 "batch dimension is 0",
             ),
             (
@@ -217,7 +241,11 @@ mod tests {
         ];
         for (mut tensors, expected) in cases {
             let err = validate_inputs(&signature(), &mut tensors).unwrap_err();
-            assert!(err.message.contains(expected), "{} !~ {expected}", err.message);
+            assert!(
+                err.message.contains(expected),
+                "{} !~ {expected}",
+                err.message
+            );
             assert!(err.message.len() < 300);
         }
     }
@@ -229,8 +257,10 @@ mod tests {
             outputs: vec![],
             max_batch_size: 8,
         };
-        let err = validate_inputs(&sig, &mut vec![tensor("x", Dtype::F32, &[1, 3])]).unwrap_err();
-        assert!(err.message.contains("dimension 1 is 3, but the model expects 4"));
+        let err = validate_inputs(&sig, &mut [tensor("x", Dtype::F32, &[1, 3])]).unwrap_err();
+        assert!(err
+            .message
+            .contains("dimension 1 is 3, but the model expects 4"));
     }
 
     #[test]
