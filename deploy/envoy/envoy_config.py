@@ -21,6 +21,7 @@ ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 HEALTH_SERVICE = "inference.GRPCInferenceService"
+INFER_PATH = f"/{HEALTH_SERVICE}/ModelInfer"
 STREAM_PATH = f"/{HEALTH_SERVICE}/ModelStreamInfer"
 # Retried elsewhere, while the request's deadline leaves time (README.md says why each):
 # - Kairos's refusals: UNAVAILABLE (draining, model not loaded) and RESOURCE_EXHAUSTED (queue
@@ -32,6 +33,7 @@ STREAM_PATH = f"/{HEALTH_SERVICE}/ModelStreamInfer"
 # - no answer at all: refused stream (GOAWAY), connect failure, reset (process killed).
 RETRY_ON = ("unavailable,resource-exhausted,deadline-exceeded,cancelled,"
             "refused-stream,connect-failure,reset")
+NO_ANSWER = "unavailable,refused-stream,connect-failure"
 
 
 def _seconds(value: float) -> str:
@@ -70,23 +72,30 @@ def _address(host: str, port: int) -> dict:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _route(s: EnvoySettings) -> dict:
+def _retry_policy(s: EnvoySettings, retry_on: str, per_try: bool) -> dict:
+    policy = {
+        "retry_on": retry_on,
+        "num_retries": s.num_retries,
+        "retry_back_off": {"base_interval": _seconds(s.retry_base_interval_s),
+                           "max_interval": _seconds(s.retry_max_interval_s)},
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                                  "typed_config": {"@type": PREVIOUS_HOSTS}}],
+        "host_selection_retry_max_attempts": 20,
+    }
+    if per_try:
+        policy["per_try_timeout"] = _seconds(s.per_try_timeout_s)
+    return policy
+
+
+def _infer_route(s: EnvoySettings) -> dict:
+    """ModelInfer: every retry condition, and a per-try timeout against hung replicas."""
     return {
         "cluster": "kairos",
         # Deadline = the request's grpc-timeout (no cap: 0s); no deadline = no limit, as in
         # a direct call. Envoy rewrites grpc-timeout on every try to what remains of it.
         "max_grpc_timeout": "0s",
         "timeout": "0s",
-        "retry_policy": {
-            "retry_on": RETRY_ON,
-            "num_retries": s.num_retries,
-            "per_try_timeout": _seconds(s.per_try_timeout_s),
-            "retry_back_off": {"base_interval": _seconds(s.retry_base_interval_s),
-                               "max_interval": _seconds(s.retry_max_interval_s)},
-            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
-                                      "typed_config": {"@type": PREVIOUS_HOSTS}}],
-            "host_selection_retry_max_attempts": 20,
-        },
+        "retry_policy": _retry_policy(s, RETRY_ON, per_try=True),
     }
 
 
@@ -97,6 +106,15 @@ def _stream_route() -> dict:
     return {"cluster": "kairos", "max_grpc_timeout": "0s", "timeout": "0s"}
 
 
+def _other_route(s: EnvoySettings) -> dict:
+    """Metadata, health, reflection, statistics, repository control: retried only when no
+    replica answered (a RepositoryModelLoad may take seconds and must not be cut by a
+    per-try timeout or sent twice on a slow answer). Repository control through a load
+    balancer reaches one replica; send it to each replica instead."""
+    return {"cluster": "kairos", "max_grpc_timeout": "0s", "timeout": "0s",
+            "retry_policy": _retry_policy(s, NO_ANSWER, per_try=False)}
+
+
 def _listener(s: EnvoySettings) -> dict:
     manager = {
         "@type": HCM,
@@ -105,8 +123,9 @@ def _listener(s: EnvoySettings) -> dict:
         "http2_protocol_options": {"max_concurrent_streams": 1024},
         "route_config": {"name": "kairos", "virtual_hosts": [
             {"name": "kairos", "domains": ["*"],
-             "routes": [{"match": {"path": STREAM_PATH}, "route": _stream_route()},
-                        {"match": {"prefix": "/"}, "route": _route(s)}]}]},
+             "routes": [{"match": {"path": INFER_PATH}, "route": _infer_route(s)},
+                        {"match": {"path": STREAM_PATH}, "route": _stream_route()},
+                        {"match": {"prefix": "/"}, "route": _other_route(s)}]}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
     return {"name": "kairos_grpc", "address": _address(*s.listen),

@@ -63,9 +63,14 @@ def test_what_the_config_promises() -> None:
     assert len(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 3
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"]
-    stream, unary = (r["route"] for r in manager["route_config"]["virtual_hosts"][0]["routes"])
-    assert "retry_policy" not in stream
-    route = unary
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    paths = [r["match"].get("path", r["match"].get("prefix")) for r in routes]
+    assert paths == ["/inference.GRPCInferenceService/ModelInfer",
+                     "/inference.GRPCInferenceService/ModelStreamInfer", "/"]
+    route, stream, other = (r["route"] for r in routes)
+    assert "retry_policy" not in stream  # a started stream cannot be replayed
+    # Other RPCs (metadata, repository control) have no per-try timeout to cut them short.
+    assert "per_try_timeout" not in other["retry_policy"]
     retry = route["retry_policy"]
     assert {"unavailable", "resource-exhausted"} <= set(retry["retry_on"].split(","))
     # The request's grpc-timeout is the deadline (uncapped), and each try gets what is left.
