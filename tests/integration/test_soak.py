@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 
 SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
-# What the short soak shows here: ~35k requests in 20 s, RSS +1.2 MiB after warm-up,
-# 50-105 B per request (allocator steps and reloads, not a leak). A leak of 0.5 KiB per request
-# that reaches the scheduler is ~400 B per request of the mix: this bound catches it.
-MAX_GROWTH_PER_REQUEST_B = 200
+# What the short soak shows here: RSS grows 1.2-2.8 MiB after warm-up, with 11-37k
+# requests served depending on how busy the machine is: allocator steps and the model
+# reloads, not a per-request leak. The bound is that noise plus a little per request; a
+# leak of 0.5 KiB per request grows RSS by 5 MiB or more over the requests required.
+NOISE_KIB = 4 * 1024
+ALLOWED_B_PER_REQUEST = 64
 # Fewer requests after warm-up than this and a leak of that size would hide in the noise.
 MIN_REQUESTS_AFTER_WARMUP = 10_000
 
@@ -47,5 +49,11 @@ def test_short_soak_serves_every_request_with_bounded_memory(capsys):
     refusals = ("stream_RESOURCE_EXHAUSTED", "stream_DEADLINE_EXCEEDED")
     assert set(streamed) <= {"stream_ok", *refusals}, result.errors
     assert streamed.get("stream_ok", 0) >= 0.9 * sum(streamed.values()), streamed
-    assert result.requests - result.warm_requests >= MIN_REQUESTS_AFTER_WARMUP
-    assert result.growth_per_request_b < MAX_GROWTH_PER_REQUEST_B, "\n".join(lines)
+    served = result.requests - result.warm_requests
+    assert served >= MIN_REQUESTS_AFTER_WARMUP, f"only {served} requests after warm-up"
+    growth_kib = result.final_rss_kib - result.warm_rss_kib
+    allowed_kib = NOISE_KIB + ALLOWED_B_PER_REQUEST * served / 1024
+    assert growth_kib <= allowed_kib, (
+        f"RSS grew {growth_kib} KiB over {served} requests (allowed {allowed_kib:.0f} KiB)\n"
+        + "\n".join(lines)
+    )
