@@ -23,6 +23,8 @@ scheduling:
   execution: auto           # auto | inline | thread: where batches run
   inline_max_ms: 2          # auto: batches predicted this short run on the event loop
   early_refusal: null       # refuse what cannot meet its deadline; null = on for slo
+  padding: {input_ids: {dim: 1, value: 0}}   # variable-length batching (scheduler/padding.py)
+  padding_buckets: [16, 32, 64, 128]
 ```
 """
 
@@ -62,6 +64,11 @@ class SchedulingSettings:
     early_refusal: bool | None = None
     # Longest time the load-time profiling sweep of L(b) may take.
     profile_budget_s: float = 2.0
+    # Variable-length batching (scheduler/padding.py): {input: {dim, value}}, length
+    # buckets, and outputs to cut back to each request's length ({output: dim}).
+    padding: dict | None = None
+    padding_buckets: list[int] = field(default_factory=list)
+    padded_outputs: dict | None = None
 
 
 @dataclass

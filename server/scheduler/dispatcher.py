@@ -43,6 +43,7 @@ from ..types import InferenceRequest
 from .core import Batch, SchedulerCore, Ticket
 from .interface import BatchRunner, Clock, MonotonicClock
 from .latency import LatencyModel
+from .padding import Padding
 
 log = logging.getLogger("kairos.scheduler")
 
@@ -83,6 +84,7 @@ class AsyncDispatcher:
         inline_max_s: float = 0.002,
         profile: bool = True,
         profile_budget_s: float = 2.0,
+        padding: Padding | None = None,
     ):
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {', '.join(EXECUTION_MODES)}, not {execution!r}")
@@ -97,6 +99,8 @@ class AsyncDispatcher:
         self.inline_max_s = inline_max_s
         self.profile = profile
         self.profile_budget_s = profile_budget_s
+        # Variable-length batching: requests differing only in a padded dim share a lane.
+        self.padding = padding
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._background_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -185,6 +189,8 @@ class AsyncDispatcher:
             loop = self._loop = asyncio.get_running_loop()
         core = self.core
         now = self.clock.now()
+        if self.padding is not None:
+            request.shape_key = self.padding.lane_key(request.shape_key)
         ticket = core.admit(request, now)  # raises Refused / DeadlineExceeded
         ticket.waiter = loop.create_future()
         self.metrics.queue_depth(self.model, self.version, core.queued_requests, core.queued_rows)
@@ -356,10 +362,9 @@ class AsyncDispatcher:
         if len(items) == 1 and items[0][1] == 0 and items[0][2] == items[0][0].rows:
             inputs: Mapping[str, np.ndarray] = first.inputs
         else:
+            join = self.padding.gather if self.padding is not None else _concatenate
             inputs = {
-                name: np.concatenate(
-                    [t.request.inputs[name][start:stop] for t, start, stop in items], axis=0
-                )
+                name: join(name, [t.request.inputs[name][start:stop] for t, start, stop in items])
                 for name in first.inputs
             }
         names = first.outputs
@@ -376,7 +381,7 @@ class AsyncDispatcher:
 
     def _done(self, batch: Batch, outputs: dict[str, np.ndarray], compute: float) -> None:
         try:
-            self._split(batch, outputs)
+            self._split(batch, outputs, self.padding)
         except InternalError as exc:  # the model's outputs do not fit the batch: its failure
             self._failed(batch, exc)
             return
@@ -398,8 +403,9 @@ class AsyncDispatcher:
         )
 
     @staticmethod
-    def _split(batch: Batch, outputs: dict[str, np.ndarray]) -> None:
-        """Each request's rows of the outputs, kept on its ticket (views, no copies)."""
+    def _split(batch: Batch, outputs: dict[str, np.ndarray], padding: Padding | None = None) -> None:
+        """Each request's rows of the outputs, kept on its ticket (views, no copies); with
+        padding, declared padded output dims are cut back to each request's length."""
         items = batch.items
         if len(items) == 1 and items[0][1] == 0 and items[0][2] == items[0][0].rows:
             ticket = items[0][0]
@@ -418,6 +424,8 @@ class AsyncDispatcher:
                 for name, value in _select(outputs, ticket.request.outputs).items()
             }
             offset += rows
+            if padding is not None:
+                part = padding.trim(part, padding.length(ticket.request.inputs))
             if ticket.parts is None:
                 ticket.parts = [(start, part)]
             else:
@@ -486,6 +494,10 @@ def _lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, 19)
     except (AttributeError, OSError):
         log.warning("cannot lower the priority of the batch-class thread")
+
+
+def _concatenate(name: str, parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts, axis=0)
 
 
 def _select(outputs: dict[str, np.ndarray], wanted: list[str] | None) -> dict[str, np.ndarray]:

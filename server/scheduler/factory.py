@@ -8,6 +8,7 @@ from .core import SchedulerCore
 from .dispatcher import AsyncDispatcher
 from .interface import BatchRunner, Clock
 from .latency import LatencyModel
+from .padding import Padding
 
 
 def make_dispatcher(
@@ -42,6 +43,10 @@ def make_dispatcher(
         background_batch=execution != "inline",
         busy_hold_s=getattr(settings, "busy_hold_ms", 0.0) / 1e3,
     )
+    padding = None
+    if getattr(settings, "padding", None):
+        padding = Padding.parse(settings.padding, settings.padding_buckets, settings.padded_outputs,
+                                runner.signature)
     return AsyncDispatcher(
         model=model,
         version=version,
@@ -53,4 +58,5 @@ def make_dispatcher(
         inline_max_s=getattr(settings, "inline_max_ms", 2.0) / 1e3,
         profile=settings.profile,
         profile_budget_s=getattr(settings, "profile_budget_s", 2.0),
+        padding=padding,
     )

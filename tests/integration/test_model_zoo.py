@@ -49,3 +49,27 @@ def test_zoo_model_served_batched_equals_onnxruntime(server, name):
                 np.testing.assert_array_equal(got[output], want, err_msg=what)
     if model.fixed_batch is None:
         assert executions < len(requests), f"{name}: {executions} executions, no batching happened"
+
+
+PADDED = ("scheduling:\n  policy: fixed\n  max_queue_delay_ms: 30\n  profile: false\n"
+          "  padding: {input_ids: {dim: 1, value: 0}, attention_mask: {dim: 1, value: 0}}\n"
+          "warmup_runs: 1\n")
+
+
+def test_encoder_requests_of_mixed_lengths_batch_padded_and_equal_unbatched_runs(tmp_path):
+    """With `padding` declared, requests of 12 different lengths merge into few batches
+    padded to the longest, and each answer equals onnxruntime on the unpadded request."""
+    repo = zoo.repository(tmp_path / "repo", ["encoder"], config=PADDED)
+    model = zoo.MODELS["encoder"]
+    requests = zoo.requests(model, REQUESTS, seed=3)
+    lengths = {feeds["input_ids"].shape[1] for feeds in requests}
+    assert len(lengths) > 4
+    with running_server(repo) as server, InferenceClient(server.address) as client, \
+            ThreadPoolExecutor(REQUESTS) as pool:
+        client.wait_until_ready(60, models=["encoder"])
+        answers = list(pool.map(lambda feeds: client.infer("encoder", feeds, timeout=60), requests))
+        executions = _executions(client, "encoder")
+    assert executions < len(lengths)  # different lengths shared batches
+    for feeds, got in zip(requests, answers, strict=True):
+        np.testing.assert_allclose(got["logits"], zoo.reference(model.path(), feeds)["logits"],
+                                   rtol=0, atol=1e-5)
