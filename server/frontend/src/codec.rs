@@ -1,6 +1,7 @@
 //! A prost codec whose decode errors are INVALID_ARGUMENT (tonic's own says INTERNAL):
 //! a request whose bytes are not a valid message is the client's fault.
-use bytes::{Buf, BufMut};
+use bytes::Buf;
+
 use prost::Message;
 use std::marker::PhantomData;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -62,14 +63,41 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
             .unwrap_or("message");
         match U::decode(buf.copy_to_bytes(buf.remaining())) {
             Ok(message) => Ok(Some(message)),
-            Err(e) => Err(Status::invalid_argument(format!(
-                "request is not a valid inference.{name} message: {e}"
-            ))),
+            Err(e) => {
+                let message = format!("request is not a valid inference.{name} message: {e}");
+                // A decode error desynchronises tonic's stream reader (it keeps waiting for
+                // the failed message's body), so an inference request is passed on marked
+                // instead: a stream then answers it with an error and reads on.
+                match poisoned(&message) {
+                    Some(marked) => Ok(Some(marked)),
+                    None => Err(Status::invalid_argument(message)),
+                }
+            }
         }
     }
 }
 
-#[allow(dead_code)]
-fn _assert_bufmut(b: &mut EncodeBuf<'_>) {
-    b.put_u8(0);
+/// The parameter that marks an inference request whose bytes did not decode.
+pub const UNDECODABLE: &str = "\u{0}kairos:undecodable";
+
+fn poisoned<U: Message + Default>(message: &str) -> Option<U> {
+    if !std::any::type_name::<U>().ends_with("::ModelInferRequest") {
+        return None;
+    }
+    let mut request = crate::pb::ModelInferRequest::default();
+    let mark = crate::pb::InferParameter {
+        parameter_choice: Some(crate::pb::infer_parameter::ParameterChoice::StringParam(
+            message.to_string(),
+        )),
+    };
+    request.parameters.insert(UNDECODABLE.to_string(), mark);
+    U::decode(request.encode_to_vec().as_slice()).ok()
+}
+
+/// The decode error of a request the codec marked as undecodable.
+pub fn undecodable(request: &crate::pb::ModelInferRequest) -> Option<String> {
+    match &request.parameters.get(UNDECODABLE)?.parameter_choice {
+        Some(crate::pb::infer_parameter::ParameterChoice::StringParam(m)) => Some(m.clone()),
+        _ => None,
+    }
 }

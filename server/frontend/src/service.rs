@@ -298,6 +298,18 @@ impl Service {
                 }
                 Some(Ok(request)) => request,
             };
+            if let Some(message) = crate::codec::undecodable(&request) {
+                let error = Self::stream_error(
+                    &Refusal::invalid(message),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                );
+                if tx.send(Ok(error)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             let arrival = monotonic();
             let (model, version, id) = (
                 request.model_name.clone(),
@@ -413,6 +425,9 @@ impl GrpcInferenceService for Service {
                 .get("grpc-timeout")
                 .and_then(|v| v.to_str().ok()),
         );
+        if let Some(message) = crate::codec::undecodable(request.get_ref()) {
+            return Err(Status::invalid_argument(message));
+        }
         let admitted = self
             .admit(request.into_inner(), arrival, remaining)
             .map_err(|r| r.status())?;
