@@ -12,6 +12,11 @@ so a deadline-aware server (Kairos) can refuse at once what it cannot answer
 in time, and the client stops waiting at the SLO. `--deadline-ms D` sends a
 different deadline (e.g. larger than the SLO, to see how late late answers
 are); `--deadline-ms 0` sends none (Kairos then uses the model's default SLO).
+
+Engines: by default this process generates the load (asyncio; near 5k req/s per
+core at most). `--engine native` runs the `kairos-loadgen` program (Rust, built by
+`pip install .`) once per point instead: the same fields come back, from one core
+at rates well past that (`--connections N` HTTP/2 connections, `--arrival constant`).
 """
 
 from __future__ import annotations
@@ -76,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
     load.add_argument("--duration", type=float, default=10.0, help="seconds measured per point")
     load.add_argument("--seed", type=int, default=0, help="seed of arrivals and input values")
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--engine", choices=("python", "native"), default="python",
+                        help="python: this process (asyncio, ~5k req/s per core); native: the kairos-loadgen "
+                             "program (Rust), one run per point")
+    engine.add_argument("--connections", type=int, default=1, help="native engine: HTTP/2 connections, round-robin")
+    engine.add_argument("--workers", type=int, default=1, help="native engine: worker threads (1: one core)")
+    engine.add_argument("--arrival", choices=("poisson", "constant"), default="poisson",
+                        help="native engine: open-loop arrival process")
     slo = parser.add_argument_group("objective")
     slo.add_argument("--slo-ms", type=float, default=10.0, help="latency objective for goodput")
     slo.add_argument("--deadline-ms", type=float, help="gRPC deadline per request (default: the SLO; 0: none)")
@@ -109,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     rates = args.sweep if args.sweep else ([args.rate] if args.rate is not None else [])
     if args.rate is not None and args.rate <= 0:
         raise SystemExit("kairos bench: --rate must be > 0")
+    _check_engine(args)
     return BenchConfig(
         url=plain_address(args.url),
         model=args.model,
@@ -127,7 +141,30 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         metrics_url=args.metrics_url,
         parameters=dict(args.param),
         server_pid=args.server_pid,
+        engine=args.engine,
+        connections=args.connections,
+        workers=args.workers,
+        arrival=args.arrival,
     )
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    """Flags of one engine refused with the other, before anything runs."""
+    if args.engine == "native":
+        if args.burst is not None:
+            raise SystemExit("kairos bench: --burst is not supported by --engine native")
+        if args.metrics_url:
+            raise SystemExit("kairos bench: --metrics-url is not supported by --engine native")
+        if args.connections < 1 or args.workers < 1:
+            raise SystemExit("kairos bench: --connections and --workers must be >= 1")
+        from .native import NativeEngineError, find_loadgen
+
+        try:
+            find_loadgen()
+        except NativeEngineError as exc:
+            raise SystemExit(f"kairos bench: {exc}") from None
+    elif args.arrival != "poisson" or args.connections != 1 or args.workers != 1:
+        raise SystemExit("kairos bench: --arrival, --connections and --workers need --engine native")
 
 
 def format_point(point: dict[str, Any], slo_ms: float) -> str:
@@ -182,7 +219,12 @@ def execute(args: argparse.Namespace) -> int:
         from .plot import require_matplotlib
 
         require_matplotlib()
-    result = run(cfg, loop=args.loop)
+    from .native import NativeEngineError
+
+    try:
+        result = run(cfg, loop=args.loop)
+    except NativeEngineError as exc:  # one line, from `kairos bench` and python -m alike
+        raise SystemExit(f"kairos bench: {exc}") from None
     if args.json is not None:
         text = json.dumps(result, indent=2)
         if args.json == "-":
@@ -190,8 +232,9 @@ def execute(args: argparse.Namespace) -> int:
         else:
             Path(args.json).write_text(text + "\n")
     if args.json != "-":
+        engine = "engine native" if cfg.engine == "native" else f"loop {result['config']['loop']}"
         print(f"kairos bench: {cfg.model} at {cfg.url}, {cfg.rows} row(s)/request, "
-              f"deadline {result['config']['deadline_ms'] or 'none'} ms, loop {result['config']['loop']}")
+              f"deadline {result['config']['deadline_ms'] or 'none'} ms, {engine}")
         for point in result["points"]:
             print(format_point(point, cfg.slo_ms))
     if args.plot is not None:

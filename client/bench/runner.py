@@ -68,6 +68,10 @@ class BenchConfig:
     metrics_url: str | None = None  # Prometheus text endpoint to read counters from
     parameters: dict[str, Any] = field(default_factory=dict)  # request parameters (priority, ...)
     server_pid: int | None = None  # a local server: its CPU per request is reported too
+    engine: str = "python"  # "native": each point is measured by kairos-loadgen (native.py)
+    connections: int = 1  # native engine: HTTP/2 connections, round-robin
+    workers: int = 1  # native engine: tokio worker threads
+    arrival: str = "poisson"  # native engine: "poisson" or "constant" open-loop arrivals
 
     @property
     def timeout_s(self) -> float | None:
@@ -460,7 +464,16 @@ def _config_json(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def run(cfg: BenchConfig, loop: str = "auto") -> dict[str, Any]:
-    """Run synchronously on a fresh event loop (uvloop when asked/available)."""
+    """Run synchronously on a fresh event loop (uvloop when asked/available), or, with
+    `cfg.engine == "native"`, point by point in the kairos-loadgen program."""
+    if cfg.engine == "native":
+        from .native import run as run_native
+
+        return run_native(cfg)
+    if cfg.engine != "python":
+        raise ValueError(f"engine must be 'python' or 'native', not {cfg.engine!r}")
+    if cfg.arrival != "poisson":
+        raise ValueError(f"--arrival {cfg.arrival} needs --engine native")
     if loop in ("auto", "uvloop"):
         try:
             import uvloop
