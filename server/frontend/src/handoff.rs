@@ -170,7 +170,7 @@ impl Shared {
     }
 
     fn wake(&self) {
-        if !self.notified.swap(true, Ordering::AcqRel) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a u64 we own to our eventfd.
             unsafe { libc::write(self.eventfd, (&one as *const u64).cast(), 8) };
@@ -190,13 +190,16 @@ impl Shared {
         self.wake();
     }
 
-    /// Everything queued since the last take; clears the wake-up first, so an arrival
-    /// racing with this call wakes Python again rather than being missed.
+    /// Everything queued since the last take. Order matters: consume the eventfd, then
+    /// clear the flag, then drain. An arrival whose flag swap comes before the clear is
+    /// in the queue before the drain; one whose swap comes after sees the flag clear and
+    /// writes the eventfd again. (Clearing before consuming could swallow the write of
+    /// an arrival that set the flag, leaving it set with nobody woken: a lost wake-up.)
     pub fn take(&self) -> (Vec<InferArrival>, Vec<CallArrival>) {
-        self.notified.store(false, Ordering::Release);
         let mut counter: u64 = 0;
         // SAFETY: reads 8 bytes into a u64 we own; EAGAIN (nothing pending) is fine.
         unsafe { libc::read(self.eventfd, (&mut counter as *mut u64).cast(), 8) };
+        self.notified.store(false, Ordering::SeqCst);
         let mut queue = self.queue.lock();
         (
             std::mem::take(&mut queue.infers),
@@ -236,5 +239,76 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: closes the descriptor this struct opened.
         unsafe { libc::close(self.eventfd) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(rid: u64) -> InferArrival {
+        InferArrival {
+            rid,
+            model: "m".into(),
+            requested_version: String::new(),
+            version: "1".into(),
+            inputs: Vec::new(),
+            outputs: None,
+            rows: 1,
+            batching: true,
+            arrival: 0.0,
+            deadline: 1.0,
+            priority: 0,
+            batch_class: false,
+            request_id: String::new(),
+        }
+    }
+
+    fn readable(fd: libc::c_int) -> bool {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one descriptor we own, without waiting.
+        unsafe { libc::poll(&mut poll, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn every_arrival_is_taken_or_leaves_the_eventfd_readable() {
+        // Producers race with a consumer; whenever the consumer finds the eventfd not
+        // readable, nothing may be left in the queue (a lost wake-up would hang Python).
+        let shared = Arc::new(Shared::new().expect("eventfd"));
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        let rid = p * 1_000_000 + i;
+                        let (tx, _rx) = oneshot::channel();
+                        let target = UnaryTarget {
+                            tx,
+                            model: String::new(),
+                            version: String::new(),
+                            id: String::new(),
+                        };
+                        shared.push_infer(arrival(rid), Waiter::Unary(target));
+                    }
+                })
+            })
+            .collect();
+        let mut taken = 0usize;
+        while taken < 80_000 {
+            if readable(shared.eventfd()) {
+                taken += shared.take().0.len();
+            } else if producers.iter().all(|p| p.is_finished()) {
+                let left = shared.take().0.len();
+                assert_eq!(left, 0, "{left} arrivals queued with no wake-up pending");
+            }
+        }
+        for p in producers {
+            p.join().expect("producer");
+        }
+        assert_eq!(taken, 80_000);
     }
 }
