@@ -27,6 +27,24 @@ impl Arrival {
     }
 }
 
+/// How calls travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// tonic's channel (tower buffer + hyper) with a pass-through codec; reconnects.
+    Tonic,
+    /// Bare h2 streams: the whole frame pre-built, HEADERS and DATA written together.
+    H2,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tonic => "tonic",
+            Transport::H2 => "h2",
+        }
+    }
+}
+
 /// One input tensor: name, datatype and full shape (batch dim included).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputSpec {
@@ -105,6 +123,9 @@ pub struct Args {
     /// HTTP/2 connections, used round-robin
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub connections: u32,
+    /// How calls travel: h2 (bare HTTP/2 streams, least CPU) or tonic (its channel; reconnects)
+    #[arg(long, value_enum, default_value_t = Transport::H2)]
+    pub transport: Transport,
     /// tokio worker threads (1: pin the generator to one core with taskset)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,

@@ -15,71 +15,110 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::codec::RawCodec;
+use crate::h2conn::H2Target;
 use crate::stats::{Records, OK, UNFINISHED};
 use crate::timer::PreciseTimer;
 
-const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub const INFER_PATH: &str = "/inference.GRPCInferenceService/ModelInfer";
 const DEADLINE_EXCEEDED: i32 = Code::DeadlineExceeded as i32;
 /// When behind schedule, yield to the answers after this many sends in a row.
 const BURST: usize = 32;
 
-/// What every call needs: the connections, the bytes, the deadline header.
+/// How calls travel: tonic's channel with a pass-through codec, or straight h2 streams.
+enum Transport {
+    Tonic {
+        channels: Vec<Channel>,
+        payload: Bytes,
+        codec: RawCodec,
+        path: PathAndQuery,
+        timeout: Option<MetadataValue<tonic::metadata::Ascii>>,
+    },
+    H2(H2Target),
+}
+
+/// What every call needs: the connections, the bytes, the deadline; and the first message
+/// of each error code seen.
 pub struct Target {
-    channels: Vec<Channel>,
-    payload: Bytes,
-    codec: RawCodec,
-    path: PathAndQuery,
-    timeout: Option<MetadataValue<tonic::metadata::Ascii>>,
+    transport: Transport,
     /// Codes whose first message was kept (bit per code), and those messages.
     seen: AtomicU32,
     messages: Mutex<Vec<(i32, String)>>,
 }
 
 impl Target {
-    pub fn new(channels: Vec<Channel>, payload: Bytes, deadline: Option<Duration>) -> Self {
-        let codec = RawCodec::for_payload(payload.len());
-        let timeout = deadline.and_then(|d| MetadataValue::try_from(grpc_timeout(d)).ok());
-        let path = PathAndQuery::from_static(INFER_PATH);
+    fn with(transport: Transport) -> Self {
         Target {
-            channels,
-            payload,
-            codec,
-            path,
-            timeout,
+            transport,
             seen: AtomicU32::new(0),
             messages: Mutex::default(),
         }
     }
 
+    /// Calls through tonic channels (one HTTP/2 connection each).
+    pub fn tonic(channels: Vec<Channel>, payload: Bytes, deadline: Option<Duration>) -> Self {
+        let codec = RawCodec::for_payload(payload.len());
+        let timeout = deadline.and_then(|d| MetadataValue::try_from(grpc_timeout(d)).ok());
+        let path = PathAndQuery::from_static(INFER_PATH);
+        Self::with(Transport::Tonic {
+            channels,
+            payload,
+            codec,
+            path,
+            timeout,
+        })
+    }
+
+    /// Calls as bare h2 streams.
+    pub fn h2(target: H2Target) -> Self {
+        Self::with(Transport::H2(target))
+    }
+
     /// One ModelInfer on connection `index % connections`; its numeric gRPC status.
     pub async fn call(&self, index: usize) -> i32 {
-        let channel = self.channels[index % self.channels.len()].clone();
-        let mut grpc = Grpc::new(channel);
-        if grpc.ready().await.is_err() {
-            return Code::Unavailable as i32;
-        }
-        let mut request = Request::new(self.payload.clone());
-        if let Some(value) = &self.timeout {
-            request.metadata_mut().insert("grpc-timeout", value.clone());
-        }
-        match grpc
-            .unary::<Bytes, (), RawCodec>(request, self.path.clone(), self.codec)
-            .await
-        {
-            Ok(_) => OK,
-            Err(status) => {
-                let code = status_code(&status);
-                self.note(code, &status);
+        match &self.transport {
+            Transport::Tonic {
+                channels,
+                payload,
+                codec,
+                path,
+                timeout,
+            } => {
+                let channel = channels[index % channels.len()].clone();
+                let mut grpc = Grpc::new(channel);
+                if grpc.ready().await.is_err() {
+                    return Code::Unavailable as i32;
+                }
+                let mut request = Request::new(payload.clone());
+                if let Some(value) = timeout {
+                    request.metadata_mut().insert("grpc-timeout", value.clone());
+                }
+                match grpc
+                    .unary::<Bytes, (), RawCodec>(request, path.clone(), *codec)
+                    .await
+                {
+                    Ok(_) => OK,
+                    Err(status) => {
+                        let code = status_code(&status);
+                        self.note(code, status.message());
+                        code
+                    }
+                }
+            }
+            Transport::H2(target) => {
+                let (code, message) = target.call(index).await;
+                if let Some(message) = message {
+                    self.note(code, &message);
+                }
                 code
             }
         }
     }
 
     /// Keeps the first message of each error code (what the server said, or the transport).
-    fn note(&self, code: i32, status: &tonic::Status) {
+    fn note(&self, code: i32, message: &str) {
         let bit = 1u32 << (code.clamp(0, 31) as u32);
         if self.seen.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
-            let text: String = status.message().chars().take(160).collect();
+            let text: String = message.chars().take(160).collect();
             let mut messages = self
                 .messages
                 .lock()

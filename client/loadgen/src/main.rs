@@ -7,6 +7,7 @@
 mod args;
 mod codec;
 mod engine;
+mod h2conn;
 mod request;
 mod schedule;
 mod stats;
@@ -104,15 +105,15 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-async fn connect(args: &Args) -> Result<Vec<Channel>, Failure> {
+async fn connect(args: &Args, connections: u32) -> Result<Vec<Channel>, Failure> {
     let uri = args.endpoint_uri().map_err(bad_args)?;
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| bad_args(format!("--url {:?}: {e}", args.url)))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10))
         .buffer_size(1 << 16);
-    let mut channels = Vec::with_capacity(args.connections as usize);
-    for _ in 0..args.connections {
+    let mut channels = Vec::with_capacity(connections as usize);
+    for _ in 0..connections {
         let channel = endpoint
             .connect()
             .await
@@ -122,10 +123,11 @@ async fn connect(args: &Args) -> Result<Vec<Channel>, Failure> {
     Ok(channels)
 }
 
-async fn inputs(args: &Args, channel: Channel) -> Result<Vec<args::InputSpec>, Failure> {
+async fn inputs(args: &Args) -> Result<Vec<args::InputSpec>, Failure> {
     if !args.inputs.is_empty() {
         return Ok(args.inputs.clone());
     }
+    let channel = connect(args, 1).await?.remove(0);
     let mut client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel);
     let mut request = tonic::Request::new(pb::ModelMetadataRequest {
         name: args.model.clone(),
@@ -168,8 +170,7 @@ async fn probe(t0: Instant, start: Duration, end: Duration, pid: Option<u32>) ->
 }
 
 async fn measure(args: Arc<Args>) -> Result<Map<String, Value>, Failure> {
-    let channels = connect(&args).await?;
-    let specs = inputs(&args, channels[0].clone()).await?;
+    let specs = inputs(&args).await?;
     let options = RequestOptions {
         model: &args.model,
         version: &args.model_version,
@@ -179,7 +180,22 @@ async fn measure(args: Arc<Args>) -> Result<Map<String, Value>, Failure> {
     let payload = request::encode(&request::build_request(&specs, &options));
     let payload_bytes = payload.len();
     let deadline = args.deadline();
-    let target = Arc::new(Target::new(channels, payload, deadline));
+    let target = Arc::new(match args.transport {
+        args::Transport::Tonic => {
+            Target::tonic(connect(&args, args.connections).await?, payload, deadline)
+        }
+        args::Transport::H2 => {
+            let uri = args.endpoint_uri().map_err(bad_args)?;
+            let authority = uri.trim_start_matches("http://");
+            let timeout = deadline.map(|d| (d, engine::grpc_timeout(d)));
+            let conns = args.connections as usize;
+            let h2 =
+                h2conn::H2Target::connect(authority, engine::INFER_PATH, conns, &payload, timeout)
+                    .await
+                    .map_err(failed)?;
+            Target::h2(h2)
+        }
+    });
     let (warmup, duration) = (
         Duration::from_secs_f64(args.warmup),
         Duration::from_secs_f64(args.duration),
@@ -272,6 +288,7 @@ fn point(
             "capacity_rps": (cpu > 0.0).then(|| round(requests / cpu, 1)),
             "workers": args.workers,
             "connections": args.connections,
+            "transport": args.transport.name(),
             "spin_us": args.spin_us,
         }),
     );

@@ -93,10 +93,16 @@ def test_closed_loop_over_two_connections_with_explicit_inputs(loadgen: Path, se
     assert point["rows_per_s"] == pytest.approx(3 * point["throughput"], abs=0.05)
 
 
-def test_a_wrong_input_is_refused_by_status_not_by_the_generator(loadgen: Path, server: ServerProcess) -> None:
-    point = _point(loadgen, server, "--concurrency", "1", "--input", "nope:FP32:1x256", "--slo-ms", "2000")
+@pytest.mark.parametrize("transport", ["h2", "tonic"])
+def test_a_wrong_input_is_refused_by_status_not_by_the_generator(
+    loadgen: Path, server: ServerProcess, transport: str
+) -> None:
+    point = _point(loadgen, server, "--concurrency", "1", "--input", "nope:FP32:1x256", "--slo-ms", "2000",
+                   "--transport", transport)
+    assert point["generator"]["transport"] == transport
     _counts_add_up(point)
     assert point["ok"] == 0 and set(point["errors"]) == {"INVALID_ARGUMENT"}
+    assert "nope" in point["error_messages"]["INVALID_ARGUMENT"]  # the server's message, decoded
 
 
 def test_bad_arguments_exit_2_and_failures_exit_1_with_one_line(loadgen: Path, server: ServerProcess) -> None:
