@@ -146,10 +146,10 @@ def test_stream_slot_is_released_when_the_client_cancels(stub):
     last.close()
 
 
-def test_calls_beyond_the_pending_limit_are_shed_by_grpc_and_the_rest_served(tmp_path):
-    """`--max-pending-rpcs`: while the event loop is busy (an inline model run),
-    calls past the limit are refused by gRPC's core without reaching Python; every
-    call is answered at once either way, and the server serves on."""
+def test_requests_beyond_the_pending_limit_are_refused_natively_and_the_rest_served(tmp_path):
+    """`--max-pending-rpcs`: past that many requests received and not yet answered,
+    the native front end refuses new ones at once (RESOURCE_EXHAUSTED, never the
+    CANCELLED grpc.aio's core sent); the rest are served, and the server serves on."""
     write_model(tmp_path, "slow", mlp(512, 6), config=(
         "max_batch_size: 1\nscheduling:\n  policy: none\n  execution: inline\n"
         "  profile_budget_s: 0.2\n"))
@@ -159,7 +159,9 @@ def test_calls_beyond_the_pending_limit_are_shed_by_grpc_and_the_rest_served(tmp
         request = rows_request("slow", 1, width=512)
         calls = [stub.ModelInfer.future(request, timeout=60) for _ in range(200)]
         codes = [call.code() for call in calls]
-        shed = codes.count(grpc.StatusCode.CANCELLED)
+        shed = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
         assert codes.count(grpc.StatusCode.OK) + shed == len(calls), set(codes)
         assert shed > 0 and codes.count(grpc.StatusCode.OK) > 0
+        refused = next(call for call in calls if call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert "queue full" in refused.details()
         assert stub.ModelInfer(request, timeout=30).model_name == "slow"
