@@ -105,6 +105,10 @@ class FanoutMetrics(MetricsSink):
         for sink in self.sinks:
             sink.request_finished(*args, **kwargs)
 
+    def requests_refused(self, model: str, version: str, reason: str, klass: str, count: int) -> None:
+        for sink in self.sinks:
+            sink.requests_refused(model, version, reason, klass, count)
+
     def request_started(self, model: str, version: str) -> None:
         for sink in self.sinks:
             sink.request_started(model, version)

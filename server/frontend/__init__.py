@@ -180,10 +180,8 @@ class NativeTransport:
         self.frontend.set_min_service(floors)
 
     def _count_refusals(self, refused: list[tuple]) -> None:
-        finished = self.metrics.request_finished
         for model, version, reason, klass, count in refused:
-            for _ in range(count):
-                finished(model, version, reason, 0.0, 0, klass, None)
+            self.metrics.requests_refused(model, version, reason, klass, count)
 
     def _start(self, item: tuple) -> None:
         (rid, model, requested, version, inputs, outputs, rows, arrival, deadline,

@@ -29,6 +29,15 @@ class MetricsSink:
     ) -> None:
         """A request was answered (successfully or not), end to end."""
 
+    def requests_refused(
+        self, model: str, version: str, reason: str, klass: str, count: int
+    ) -> None:
+        """`count` requests the native front end refused before Python (fed in bulk,
+        once per hand-off); model is "" when the name was unknown. By default each is
+        one `request_finished`."""
+        for _ in range(count):
+            self.request_finished(model, version, reason, 0.0, 0, klass, None)
+
     def request_started(self, model: str, version: str) -> None:
         """A request entered the server (in-flight gauge +1)."""
 

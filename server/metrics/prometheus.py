@@ -169,6 +169,11 @@ class PrometheusMetrics(MetricsSink):
         self.slo = Gauge(
             "kairos_model_slo_seconds", "The model version's default latency objective.",
             mv, registry=reg)
+        self.frontend_refusals = Counter(
+            "kairos_frontend_refusals",
+            "Requests the native front end refused before Python, by reason (also counted "
+            "in kairos_requests_total and kairos_request_failures_total).",
+            ("reason",), registry=reg)
         info = Gauge("kairos_build_info", "Always 1; labels say which Kairos runs.",
                      ("kairos_version",), registry=reg)
         info.labels(_kairos_version()).set(1)
@@ -233,6 +238,17 @@ class PrometheusMetrics(MetricsSink):
                 stats.met += 1
             elif met_deadline is False:
                 stats.missed += 1
+
+    def requests_refused(
+        self, model: str, version: str, reason: str, klass: str, count: int
+    ) -> None:
+        stats = self._requests.get((model, version, klass))
+        if stats is None:
+            stats = self._request_stats(model, version, klass)
+        with self._lock:
+            stats.failure += count
+            stats.failures[reason] = stats.failures.get(reason, 0) + count
+        self.frontend_refusals.labels(reason).inc(count)
 
     def batch_executed(
         self,

@@ -156,14 +156,16 @@ impl Service {
             });
         let result = self.admit_inner(&mut request, arrival, remaining);
         if let Err(refusal) = &result {
+            // Labels as the Python side uses them: the served version when the name
+            // resolves, and no user-supplied name for unknown models.
             let label = self.model_label(&request.model_name);
-            let version = if label.is_empty() {
-                ""
-            } else {
-                request.model_version.as_str()
+            let version = match self.resolve(&request.model_name, &request.model_version) {
+                Ok(served) => served.version.clone(),
+                Err(_) if label.is_empty() => String::new(),
+                Err(_) => request.model_version.clone(),
             };
             self.shared
-                .count_refusal(&label, version, refusal.reason, batch);
+                .count_refusal(&label, &version, refusal.reason, batch);
         }
         result
     }

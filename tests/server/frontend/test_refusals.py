@@ -5,6 +5,8 @@ limit), deadlines that already passed, and a server that keeps serving afterward
 
 from __future__ import annotations
 
+import urllib.request
+
 import grpc
 import numpy as np
 import pytest
@@ -76,7 +78,7 @@ def test_a_deadline_shorter_than_one_execution_is_refused_and_the_server_serves_
         stub.ModelInfer(_request(), timeout=1e-6)
     assert caught.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,
                                    grpc.StatusCode.RESOURCE_EXHAUSTED), caught.value.details()
-    assert "deadline" in caught.value.details()
+    assert "deadline" in caught.value.details().lower()
     reply = stub.ModelInfer(_request(id="after"), timeout=10)
     assert reply.id == "after"
     assert codec.decode_response_outputs(reply)["output"].tolist() == [[1.0] * 4]
@@ -91,3 +93,22 @@ def test_undecodable_bytes_are_invalid_argument(channel):
     with pytest.raises(grpc.RpcError) as caught:
         raw_infer(b"\xff\xff\xff", timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_native_refusals_are_counted_in_the_metrics(tmp_path):
+    repo = standard_repository(tmp_path / "repo")
+    with running_server(repo) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError):
+                stub.ModelInfer(_request(model_name="absent"), timeout=10)
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(_request(datatype="INT8"), timeout=10)
+        stub.ModelInfer(_request(), timeout=10)  # a hand-off after the refusals feeds them
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    assert 'kairos_frontend_refusals_total{reason="not_found"} 3.0' in text
+    assert 'kairos_frontend_refusals_total{reason="invalid_argument"} 1.0' in text
+    failures = [line for line in text.splitlines()
+                if line.startswith("kairos_request_failures_total") and 'model="identity_fp32"' in line
+                and 'reason="invalid_argument"' in line]
+    assert failures and failures[0].endswith(" 1"), failures
