@@ -73,12 +73,20 @@ def test_long_names_in_other_rpcs_are_not_echoed_whole(stub, call, request_):
     assert len(caught.value.details()) < 300
 
 
-def test_a_deadline_shorter_than_one_execution_is_refused_and_the_server_serves_on(stub):
-    with pytest.raises(grpc.RpcError) as caught:
-        stub.ModelInfer(_request(), timeout=1e-6)
-    assert caught.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   grpc.StatusCode.RESOURCE_EXHAUSTED), caught.value.details()
-    assert "deadline" in caught.value.details().lower()
+def test_a_microsecond_deadline_is_refused_or_probed_and_the_server_serves_on(stub):
+    """An idle model admits even a hopeless request now and then (the scheduler's probe
+    relearns L(1)); otherwise it is refused for its deadline. Either way nothing breaks."""
+    codes = set()
+    for _ in range(20):
+        try:
+            stub.ModelInfer(_request(), timeout=1e-6)
+            codes.add(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.add(exc.code())
+            assert "deadline" in exc.details().lower(), exc.details()
+    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED,
+                     grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert codes - {grpc.StatusCode.OK}, "20 microsecond deadlines, none refused"
     reply = stub.ModelInfer(_request(id="after"), timeout=10)
     assert reply.id == "after"
     assert codec.decode_response_outputs(reply)["output"].tolist() == [[1.0] * 4]
