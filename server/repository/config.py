@@ -67,7 +67,7 @@ class SchedulingSettings:
     # Variable-length batching (scheduler/padding.py): {input: {dim, value}}, length
     # buckets, and outputs to cut back to each request's length ({output: dim}).
     padding: dict | None = None
-    padding_buckets: list[int] = field(default_factory=list)
+    padding_buckets: list | None = None
     padded_outputs: dict | None = None
 
 

@@ -50,3 +50,13 @@ def test_gather_pads_to_the_longest_or_the_bucket_and_trim_cuts_back():
 def test_bad_settings_name_the_problem(spec, message):
     with pytest.raises(PaddingConfigError, match=message):
         Padding.parse(spec, [], None, SIGNATURE)
+
+
+def test_config_file_settings_parse():
+    from kairos.server.repository.config import parse_settings
+
+    settings = parse_settings({"scheduling": {"padding": SPEC, "padding_buckets": [16, 32],
+                                              "padded_outputs": {"tokens": 1}}})
+    padding = Padding.parse(settings.scheduling.padding, settings.scheduling.padding_buckets,
+                            settings.scheduling.padded_outputs, SIGNATURE)
+    assert padding.buckets == (16, 32) and padding.outputs == {"tokens": 1}
