@@ -30,7 +30,7 @@ scheduling:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def _typed(cls: type, data: dict, where: str) -> dict:
         if key not in known:
             raise ConfigError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(known))})")
         default = known[key].default
-        if default is None or isinstance(default, type(field())):  # no simple default type
+        if default is None or default is MISSING:  # no simple default type (or a default_factory)
             out[key] = value
             continue
         expected = type(default)

@@ -64,3 +64,9 @@ def test_version_policies_select_versions():
     assert VersionPolicy(kind="latest", latest=2).select(on_disk) == [2, 3]
     assert VersionPolicy(kind="all").select(on_disk) == [1, 2, 3]
     assert VersionPolicy(kind="specific", specific=[1, 7]).select(on_disk) == [1]
+
+
+def test_list_settings_with_a_default_factory_parse():
+    """preferred_batch_sizes (a default_factory list) was refused as '_MISSING_TYPE'."""
+    assert parse_settings({"scheduling": {"preferred_batch_sizes": [8, 16]}}).scheduling \
+        .preferred_batch_sizes == [8, 16]
