@@ -57,6 +57,10 @@ impl H2Target {
                 .initial_window_size(1 << 20)
                 .initial_connection_window_size(1 << 24)
                 .max_concurrent_reset_streams(1 << 16)
+                // Every call that passes its deadline is reset by this side; h2 counts those
+                // and, past 1024 by default, tears the connection down ("too_many_internal_resets").
+                // An overload run resets thousands per second by design: no limit.
+                .max_local_error_reset_streams(None)
                 .handshake::<_, Bytes>(tcp)
                 .await
                 .map_err(|e| format!("HTTP/2 handshake with {authority}: {e}"))?;
