@@ -82,6 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the former transport, kept for comparison)")
     parser.add_argument("--frontend-threads", type=int, default=1,
                         help="threads of the native front end (HTTP/2, decoding; default 1)")
+    parser.add_argument("--max-concurrent-streams", type=int, default=4096,
+                        help="HTTP/2 streams (calls in flight) per client connection; a client "
+                             "beyond it waits for a free one (default 4096; load balancers "
+                             "multiplex many calls on few connections)")
     parser.add_argument("--drain-delay-seconds", type=float, default=0.0,
                         help="on shutdown, how long health answers NOT_SERVING (and inference "
                              "UNAVAILABLE) before the listener closes, so load balancers see it "

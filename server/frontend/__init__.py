@@ -43,6 +43,7 @@ CALLS = {
                  "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
 }
 _INTERNAL = 13
+_INF = float("inf")
 
 
 class _CallContext:
@@ -107,6 +108,8 @@ class NativeTransport:
         self._calls: set[asyncio.Task] = set()
         # Versions that ran since L(1) was last published: (model, version) -> served.
         self._touched: dict[tuple[str, str], Any] = {}
+        # (deadline, shape key) of the last online request admitted, per version.
+        self._tails: dict[tuple[str, str], tuple[float, tuple]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -166,18 +169,27 @@ class NativeTransport:
         self._publish_service_floors()
 
     def _publish_service_floors(self) -> None:
-        """The front end refuses a request with less time left than L(1) only while
-        its model has a queue (as `AsyncDispatcher.hopeless` does): an idle model
-        admits it, so the scheduler's probe can relearn a fast L(1)."""
+        """Tell the front end what it needs to refuse natively while a model has a queue:
+        L(1) (less time left cannot be served; `AsyncDispatcher.hopeless`) and the
+        scheduler's predicted finish for a new 1-row request that queues last (deadline
+        no earlier than the last one admitted), which is what admission would judge it
+        on. An empty queue publishes zeros: an idle model admits anything, so the
+        scheduler's probe can relearn a fast L(1)."""
         if not self._touched:
             return
-        floors = []
-        for (model, version), served in list(self._touched.items()):
-            queued = served.dispatcher.core.queued_requests > 0
-            floors.append((model, version, _min_service_s(served) if queued else 0.0))
-            if not queued:
-                del self._touched[(model, version)]
-        self.frontend.set_min_service(floors)
+        now = time.monotonic()
+        states = []
+        for key, served in list(self._touched.items()):
+            core = served.dispatcher.core
+            if core.queued_requests > 0:
+                tail_deadline, tail_shape = self._tails.get(key, (_INF, ()))
+                delay = core.predicted_finish(1, now, True, tail_shape) - now
+                states.append((*key, _min_service_s(served), delay, tail_deadline))
+            else:
+                states.append((*key, 0.0, 0.0, _INF))
+                del self._touched[key]
+                self._tails.pop(key, None)
+        self.frontend.set_min_service(states)
 
     def _count_refusals(self, refused: list[tuple]) -> None:
         for model, version, reason, klass, count in refused:
@@ -205,7 +217,10 @@ class NativeTransport:
             self._results.append((rid, None, grpc_code_of(exc), str(exc)))
             self._schedule_flush()
             return
-        self._touched[(model, served.version)] = served
+        key = (model, served.version)
+        self._touched[key] = served
+        if klass == "online":
+            self._tails[key] = (deadline, shape_key)
         ticket.waiter.add_done_callback(
             partial(self._done, rid, model, requested, served.version, rows, klass, arrival, deadline)
         )
@@ -278,4 +293,5 @@ def make_frontend(args, tokens: list[str], tls: tuple[bytes, bytes, bytes | None
         tls_key=key,
         tls_client_ca=client_ca,
         worker_threads=args.frontend_threads,
+        max_concurrent_streams=args.max_concurrent_streams,
     )

@@ -21,11 +21,44 @@ pub struct VersionEntry {
     pub slo_s: Option<f64>,
     /// L(1) in seconds as f64 bits: less time left than this cannot be served.
     pub min_service_bits: AtomicU64,
+    /// The scheduler's predicted wait for a new 1-row online request (seconds), valid
+    /// for requests whose deadline is no earlier than `tail_deadline` (they queue last).
+    pub queue_delay_bits: AtomicU64,
+    pub tail_deadline_bits: AtomicU64,
 }
 
 impl VersionEntry {
+    pub fn new(version: String, signature: Signature, slo_s: Option<f64>) -> Self {
+        VersionEntry {
+            version,
+            signature,
+            slo_s,
+            min_service_bits: AtomicU64::new(0f64.to_bits()),
+            queue_delay_bits: AtomicU64::new(0f64.to_bits()),
+            tail_deadline_bits: AtomicU64::new(f64::INFINITY.to_bits()),
+        }
+    }
+
     pub fn min_service_s(&self) -> f64 {
         f64::from_bits(self.min_service_bits.load(Ordering::Relaxed))
+    }
+
+    /// The queue this request would join cannot finish it by `deadline`: as the
+    /// scheduler's admission would judge it, from its last published state.
+    pub fn queue_too_long(&self, now: f64, deadline: f64) -> Option<f64> {
+        let delay = f64::from_bits(self.queue_delay_bits.load(Ordering::Relaxed));
+        let tail = f64::from_bits(self.tail_deadline_bits.load(Ordering::Relaxed));
+        (delay > 0.0 && deadline >= tail && now + delay > deadline).then_some(delay)
+    }
+
+    /// Publish the scheduler's state: (L(1), predicted delay, tail deadline).
+    pub fn set_state(&self, min_service_s: f64, queue_delay_s: f64, tail_deadline: f64) {
+        self.min_service_bits
+            .store(min_service_s.to_bits(), Ordering::Relaxed);
+        self.queue_delay_bits
+            .store(queue_delay_s.to_bits(), Ordering::Relaxed);
+        self.tail_deadline_bits
+            .store(tail_deadline.to_bits(), Ordering::Relaxed);
     }
 }
 
@@ -133,6 +166,8 @@ pub struct Shared {
     pub closing_streams: AtomicBool,
     pub streams_closed: Notify,
     pub in_flight_infers: AtomicUsize,
+    /// CLOCK_MONOTONIC (f64 bits) when the oldest arrival Python has not taken came.
+    pending_since_bits: AtomicU64,
 }
 
 impl Shared {
@@ -158,6 +193,7 @@ impl Shared {
             closing_streams: AtomicBool::new(false),
             streams_closed: Notify::new(),
             in_flight_infers: AtomicUsize::new(0),
+            pending_since_bits: AtomicU64::new(0f64.to_bits()),
         })
     }
 
@@ -171,6 +207,8 @@ impl Shared {
 
     fn wake(&self) {
         if !self.notified.swap(true, Ordering::SeqCst) {
+            self.pending_since_bits
+                .store(crate::admit::monotonic().to_bits(), Ordering::Relaxed);
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a u64 we own to our eventfd.
             unsafe { libc::write(self.eventfd, (&one as *const u64).cast(), 8) };
@@ -213,6 +251,15 @@ impl Shared {
             self.in_flight_infers.fetch_sub(1, Ordering::AcqRel);
         }
         waiter
+    }
+
+    /// How long arrivals have waited for Python to take them (0 when none waits): a
+    /// request arriving now waits at least this long before the scheduler sees it.
+    pub fn python_lag(&self, now: f64) -> f64 {
+        if !self.notified.load(Ordering::Acquire) {
+            return 0.0;
+        }
+        (now - f64::from_bits(self.pending_since_bits.load(Ordering::Relaxed))).max(0.0)
     }
 
     pub fn in_flight(&self) -> usize {

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -314,7 +314,8 @@ impl Frontend {
     #[new]
     #[pyo3(signature = (host, port, *, default_slo_s=1.0, max_rows_per_request=100_000,
         max_streams=64, max_queued=0, max_message_bytes=64 << 20, tokens=Vec::new(),
-        tls_cert=None, tls_key=None, tls_client_ca=None, worker_threads=1))]
+        tls_cert=None, tls_key=None, tls_client_ca=None, worker_threads=1,
+        max_concurrent_streams=4096))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -330,6 +331,7 @@ impl Frontend {
         tls_key: Option<Vec<u8>>,
         tls_client_ca: Option<Vec<u8>>,
         worker_threads: usize,
+        max_concurrent_streams: u32,
     ) -> PyResult<Self> {
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(Tls {
@@ -347,6 +349,7 @@ impl Frontend {
         let options = Options {
             host,
             port,
+            max_concurrent_streams,
             max_message_bytes,
             worker_threads,
             tls,
@@ -404,12 +407,8 @@ impl Frontend {
                 outputs: specs(outputs),
                 max_batch_size,
             };
-            let value = VersionEntry {
-                version: version.clone(),
-                signature,
-                slo_s,
-                min_service_bits: AtomicU64::new(min_service_s.to_bits()),
-            };
+            let value = VersionEntry::new(version.clone(), signature, slo_s);
+            value.set_state(min_service_s, 0.0, f64::INFINITY);
             entry.versions.insert(version, Arc::new(value));
         }
         self.shared.models.write().insert(name, entry);
@@ -420,13 +419,14 @@ impl Frontend {
         self.shared.models.write().remove(name);
     }
 
-    /// Update L(1) of ready versions: [(model, version, seconds)].
-    fn set_min_service(&self, items: Vec<(String, String, f64)>) {
+    /// The scheduler's state of ready versions, for native refusals:
+    /// [(model, version, L(1) s, predicted delay of a new 1-row request s, deadline of
+    /// the last request queued)]; zeros when a version's queue is empty.
+    fn set_min_service(&self, items: Vec<(String, String, f64, f64, f64)>) {
         let models = self.shared.models.read();
-        for (model, version, seconds) in items {
+        for (model, version, min_service, delay, tail) in items {
             if let Some(v) = models.get(&model).and_then(|m| m.versions.get(&version)) {
-                v.min_service_bits
-                    .store(seconds.to_bits(), Ordering::Relaxed);
+                v.set_state(min_service, delay, tail);
             }
         }
     }

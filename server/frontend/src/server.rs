@@ -18,6 +18,24 @@ use tonic_health::ServingStatus;
 
 pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
 
+/// When a request's headers arrived: stamped as it enters the service stack, the same
+/// instant tonic starts its grpc-timeout timer.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub at: tokio::time::Instant,
+    /// The same instant on CLOCK_MONOTONIC (the scheduler's clock), in seconds.
+    pub monotonic: f64,
+}
+
+fn stamp_receipt<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let received = Received {
+        at: tokio::time::Instant::now(),
+        monotonic: crate::admit::monotonic(),
+    };
+    request.extensions_mut().insert(received);
+    request
+}
+
 /// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC (and every
 /// client's expectation) says RESOURCE_EXHAUSTED. The status travels in the headers
 /// of a trailers-only response, so it is fixed there.
@@ -46,6 +64,8 @@ pub struct Tls {
 pub struct Options {
     pub host: String,
     pub port: u16,
+    /// HTTP/2 streams (calls in flight) per connection.
+    pub max_concurrent_streams: u32,
     pub max_message_bytes: usize,
     pub worker_threads: usize,
     pub tls: Option<Tls>,
@@ -99,6 +119,13 @@ pub fn start(options: Options) -> Result<Running, Box<dyn std::error::Error + Se
         .build_v1alpha()?;
     let mut builder = Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(options.max_concurrent_streams)
+        // Clients cancel calls whose deadline passes (RST_STREAM); under overload that is
+        // most of them. hyper's rapid-reset guard (20 pending resets) would then close
+        // the whole connection (clients see "broken pipe"); bound it by the stream limit.
+        .http2_max_pending_accept_reset_streams(Some(options.max_concurrent_streams as usize))
+        .http2_max_local_error_reset_streams(Some(4 * options.max_concurrent_streams as usize))
+        .layer(tower::util::MapRequestLayer::new(stamp_receipt))
         .layer(tower::util::MapResponseLayer::new(size_limit_status));
     if let Some(tls) = options.tls {
         let mut config = ServerTlsConfig::new().identity(Identity::from_pem(tls.cert, tls.key));

@@ -24,6 +24,9 @@ use tonic::{metadata::MetadataMap, Request, Response, Status, Streaming};
 
 /// Requests in flight per stream before reading pauses.
 const STREAM_WINDOW: usize = 1024;
+/// How long before its gRPC deadline a queued request is answered DEADLINE_EXCEEDED
+/// natively, so that tonic's own timer (CANCELLED) never fires first.
+const DEADLINE_GUARD_S: f64 = 0.0005;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -180,7 +183,9 @@ impl Service {
             return Err(Refusal::unavailable("server is shutting down".into()));
         }
         let served = self.resolve(&request.model_name, &request.model_version)?;
-        if let Some(left) = remaining {
+        if let Some(timeout) = remaining {
+            // Time left now: under load a request can reach its handler well after receipt.
+            let left = timeout - (monotonic() - arrival);
             if left <= 0.0 {
                 return Err(Refusal::deadline(
                     "the deadline passed before the request was read".into(),
@@ -205,6 +210,33 @@ impl Service {
         let requested: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
         let outputs = validate_outputs(signature, &requested)?;
         let parameters = read_parameters(&request.parameters)?;
+        let deadline = deadline(
+            arrival,
+            remaining,
+            parameters.timeout_us,
+            served.slo_s,
+            self.config.default_slo_s,
+        );
+        if !parameters.batch_class {
+            // The scheduler sees this request only once Python takes it: count that wait.
+            let clock = monotonic();
+            let lag = self.shared.python_lag(clock);
+            let now = clock + lag;
+            if lag > 0.0 && now + served.min_service_s() > deadline {
+                return Err(Refusal::refused(format!(
+                    "cannot meet deadline: the scheduler is {:.3} ms behind, deadline in {:.3} ms",
+                    lag * 1e3,
+                    (deadline - clock) * 1e3
+                )));
+            }
+            if let Some(delay) = served.queue_too_long(now, deadline) {
+                return Err(Refusal::refused(format!(
+                    "cannot meet deadline: predicted finish in {:.3} ms, deadline in {:.3} ms",
+                    delay * 1e3,
+                    (deadline - now) * 1e3
+                )));
+            }
+        }
         let max = self.config.max_queued;
         if max > 0 && self.shared.in_flight() >= max {
             return Err(Refusal::refused(format!(
@@ -221,13 +253,7 @@ impl Service {
             rows,
             batching: signature.max_batch_size > 0,
             arrival,
-            deadline: deadline(
-                arrival,
-                remaining,
-                parameters.timeout_us,
-                served.slo_s,
-                self.config.default_slo_s,
-            ),
+            deadline,
             priority: parameters.priority,
             batch_class: parameters.batch_class,
             request_id: std::mem::take(&mut request.id),
@@ -419,7 +445,15 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let arrival = monotonic();
+        let received = request
+            .extensions()
+            .get::<crate::server::Received>()
+            .copied()
+            .unwrap_or_else(|| crate::server::Received {
+                at: tokio::time::Instant::now(),
+                monotonic: monotonic(),
+            });
+        let arrival = received.monotonic;
         self.authorize(request.metadata())?;
         let remaining = grpc_timeout(
             request
@@ -441,7 +475,24 @@ impl GrpcInferenceService for Service {
             id: admitted.request_id.clone(),
         };
         self.shared.push_infer(admitted, Waiter::Unary(target));
-        match rx.await {
+        let reply = match remaining {
+            // tonic ends a call whose grpc-timeout expires with CANCELLED; answer
+            // DEADLINE_EXCEEDED first. tonic polls the handler before its own timer, so
+            // a guard due no later than that timer (same millisecond tick) wins.
+            Some(left) => {
+                let guard = std::time::Duration::from_secs_f64((left - DEADLINE_GUARD_S).max(0.0));
+                match tokio::time::timeout_at(received.at + guard, rx).await {
+                    Ok(reply) => reply,
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "the deadline passed while the request was queued",
+                        ))
+                    }
+                }
+            }
+            None => rx.await,
+        };
+        match reply {
             Ok(Ok(response)) => Ok(Response::new(response)),
             Ok(Err(refusal)) => Err(refusal.status()),
             Err(_) => Err(Status::unavailable("server is shutting down")),
