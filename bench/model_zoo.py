@@ -175,12 +175,13 @@ ANALYSIS = "What it shows"  # the hand-written reading under the table, kept on 
 
 
 def write_section(text: str, path: Path) -> None:
-    """Replace this section's table in BENCHMARKS.md (or append the section), keeping the
-    hand-written analysis below it."""
+    """Replace the section `text` starts with (its first line) in BENCHMARKS.md, or append
+    it, keeping the hand-written analysis below its table."""
     doc = path.read_text()
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        end = doc.find("\n## ", start + len(SECTION))
+    section = text.splitlines()[0]
+    if section in doc:
+        start = doc.index(section)
+        end = doc.find("\n## ", start + len(section))
         old = doc[start:end] if end >= 0 else doc[start:]
         if ANALYSIS in old:
             text = text.rstrip("\n") + "\n\n" + old[old.index(ANALYSIS):].rstrip("\n") + "\n"
