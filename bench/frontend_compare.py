@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engine", choices=("auto", "native", "python"), default="auto",
                         help="auto: kairos-loadgen when installed, else the Python engine (with a warning)")
     parser.add_argument("--connections", type=int, default=1, help="HTTP/2 connections of kairos-loadgen")
+    parser.add_argument("--loadgen-args", default="", help="extra kairos-loadgen flags for every server")
+    parser.add_argument("--triton-loadgen-args", default="--transport tonic",
+                        help="extra kairos-loadgen flags for Triton only (default '--transport tonic': "
+                             "Triton's gRPC server answers the h2 transport's connection with an HTTP/2 "
+                             "protocol error under load; dropped when the generator has no --transport)")
     parser.add_argument("--triton-delays",
                         help="max_queue_delay_microseconds values tried for Triton, the best used "
                              "(default 100,500,2000; --quick: 500, untuned)")
@@ -77,7 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="MLServer's max_batch_time (adaptive batching), ms")
     parser.add_argument("--max-batch-size", type=int, default=64, help="MLServer's and Triton's max batch")
     parser.add_argument("--heavy-slo-ms", type=float, default=250.0, help="mlp-heavy's deadline and SLO, ms")
-    parser.add_argument("--quiet-wait", type=float, help="longest wait for idle cores before a point, s")
+    parser.add_argument("--quiet-wait", type=float,
+                        help="longest wait for idle cores (85%% idle) before a point, s (default 5; quick 0)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/frontend_compare[_quick].json)")
     parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md alone")
     parser.add_argument("--render", type=Path, metavar="RESULTS.json",
@@ -91,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--repeats must be >= 1")
     args.duration = args.duration or (0.8 if args.quick else 5.0)
     args.warmup = args.warmup if args.warmup is not None else (0.2 if args.quick else 1.0)
-    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 10.0)
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 5.0)
     delays = args.triton_delays or ("500" if args.quick else "100,500,2000")
     args.delays = [int(v) for v in delays.split(",") if v.strip()]
     if not args.delays:
@@ -111,6 +117,13 @@ class Bench:
             triton_max_batch_size=args.max_batch_size, heavy_slo_ms=args.heavy_slo_ms)
         self.factors = QUICK_FACTORS if args.quick else FACTORS
         self.failures = 0
+        common = shlex.split(args.loadgen_args)
+        triton = shlex.split(args.triton_loadgen_args)
+        if "--transport" in triton and not self.generator.supports("--transport"):
+            triton = []
+        self.extra = {name: common + (triton if name == "triton" else []) for name in peers.SERVERS}
+        if not self.generator.native:
+            self.extra = {name: [] for name in peers.SERVERS}
 
     # ------------------------------------------------------------ points
 
@@ -119,8 +132,15 @@ class Bench:
         a row (the server no longer answers, e.g. ModelMetadata times out) ends that server."""
         waited = fl.wait_quiet(self.args.quiet_wait) if self.args.quiet_wait else 0.0
         try:
+            extra = self.extra[server.name]
             point = self.generator.point(server.url, server.model, load, server.pid, server.metrics_url,
-                                         **window)
+                                         extra=extra, **window)
+            if fr.idle_server_failures(point):  # e.g. an HTTP/2 connection error: measure again, once
+                print(f"  {server.name:10s} {label:14s} {fr.brief(point)}  << server idle: again", flush=True)
+                first = point
+                point = self.generator.point(server.url, server.model, load, server.pid,
+                                             server.metrics_url, extra=extra, **window)
+                point["first_attempt"] = {k: first.get(k) for k in ("errors", "error_messages", "probe")}
             self.failures = 0
         except (RuntimeError, OSError, ValueError) as exc:
             self.failures += 1
@@ -225,6 +245,7 @@ class Bench:
             "quick": self.args.quick, "servers": self.args.server_list, "repeats": self.args.repeats,
             "duration_s": self.args.duration, "warmup_s": self.args.warmup, "slo_ms": SLO_MS,
             "heavy_slo_ms": self.args.heavy_slo_ms, "generator": self.generator.describe(),
+            "loadgen_args": {n: shlex.join(a) for n, a in self.extra.items() if a and n in self.args.server_list},
             "onnxruntime_batch1_ms": onnxruntime_batch1_ms(), "rounds": [], "errors": {},
         }
         if not self.generator.native:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,7 @@ class Generator:
     """Runs points with kairos-loadgen, or the Python engine as a fallback."""
 
     def __init__(self, engine: str, warmup: float, duration: float, connections: int = 1) -> None:
+        self.wanted = engine
         self.program = find_loadgen() if engine in ("auto", "native") else None
         if engine == "native" and self.program is None:
             raise SystemExit("frontend_compare: --engine native, but kairos-loadgen is not installed")
@@ -213,9 +215,11 @@ class Generator:
 
     def describe(self) -> dict[str, Any]:
         if self.program is None:
+            why = "kairos-loadgen not found" if self.wanted == "auto" else "--engine python"
             return {"engine": "python", "warning": (
-                "kairos-loadgen not found: the Python engine of `kairos bench` was used; it tops out "
-                "near 5k req/s per core, so figures near or above that are the generator's limit")}
+                f"{why}: the Python engine of `kairos bench` was used; it tops out near 5k req/s "
+                "per core, so figures near or above that are the generator's limit, and the "
+                "unknown-model refusal points are skipped")}
         version = ""
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             version = subprocess.run([str(self.program), "--version"], capture_output=True, text=True,
@@ -223,15 +227,24 @@ class Generator:
         return {"engine": "native", "program": str(self.program), "version": version,
                 "connections": self.connections, "workers": 1}
 
+    def supports(self, flag: str) -> bool:
+        """Whether kairos-loadgen's --help lists `flag` (its CLI is still growing)."""
+        if self.program is None:
+            return False
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            return flag in subprocess.run([str(self.program), "--help"], capture_output=True, text=True,
+                                          timeout=10).stdout
+        return False
+
     def point(self, url: str, model: str, load: Load, server_pid: int,
               metrics_url: str | None, warmup: float | None = None,
-              duration: float | None = None) -> dict[str, Any]:
+              duration: float | None = None, extra: Sequence[str] = ()) -> dict[str, Any]:
         warmup = self.warmup if warmup is None else warmup
         duration = self.duration if duration is None else duration
         probe = Probe(server_pid, metrics_url, warmup, duration)
         probe.start()
         if self.native:
-            point = self._native(url, load.model or model, load, warmup, duration)
+            point = self._native(url, load.model or model, load, warmup, duration, extra)
         else:
             point = self._python(url, load.model or model, load, warmup, duration)
         point["probe"] = probe.report(model)
@@ -239,10 +252,11 @@ class Generator:
         point.pop("config", None)
         return point
 
-    def _native(self, url: str, model: str, load: Load, warmup: float, duration: float) -> dict[str, Any]:
+    def _native(self, url: str, model: str, load: Load, warmup: float, duration: float,
+                extra: Sequence[str]) -> dict[str, Any]:
         argv = [str(self.program), "--url", url, "--model", model, "--warmup", repr(warmup),
                 "--duration", repr(duration), "--slo-ms", repr(load.slo_ms), "--workers", "1",
-                "--connections", str(self.connections)]
+                "--connections", str(self.connections), *extra]
         for spec in load.inputs:
             argv += ["--input", spec]
         for key, value in load.params.items():

@@ -137,7 +137,7 @@ def cpu_table(data: Mapping[str, Any]) -> str:
 
 def sweep_table(result: Mapping[str, Any]) -> str:
     sweep = result.get("sweep", {})
-    points = [*sweep.get("capacity_probes", []), *sweep.get("points", []), sweep.get("double")]
+    points = [result.get("c1"), *sweep.get("capacity_probes", []), *sweep.get("points", []), sweep.get("double")]
     if result.get("half_peak"):
         points.append(result["half_peak"])
     rows = []
@@ -256,6 +256,8 @@ def generator_lines(data: Mapping[str, Any]) -> list[str]:
     else:
         head = f"Generator: **Python engine of `kairos bench`. WARNING: {gen.get('warning', '')}.**"
     lines = [head]
+    for name, extra in sorted(data.get("loadgen_args", {}).items()):
+        lines.append(f"For {NAMES.get(name, name)} the generator ran with `{extra}`.")
     if late:
         lines.append(f"Its own lateness (sending after the scheduled time), p99 over open-loop points: "
                      f"median {fs.fmt(fs.median(late))} ms, worst {fs.fmt(max(late))} ms; points where it "
@@ -274,6 +276,59 @@ def _points(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [p for p in found if p]
 
 
+DISTURBED_CORES = 0.15
+
+
+def idle_server_failures(point: Mapping[str, Any]) -> bool:
+    """Most requests failed while the server sat idle: the failures were not its work."""
+    requests = point.get("requests", 0)
+    refused = requests - point.get("ok", 0)
+    return point.get("probe", {}).get("server_cpu_util", 1.0) < 0.05 and refused > max(50, 0.5 * requests)
+
+
+def point_notes(data: Mapping[str, Any]) -> list[str]:
+    """What makes points doubtful: failures, an idle server that 'refused', a disturbed machine."""
+    notes = []
+    for index, measured in enumerate(data.get("rounds", []), 1):
+        for name, result in measured.items():
+            points = _points(result)
+            where = f"{NAMES.get(name, name)}, round {index}"
+            for p in points:
+                probe = p.get("probe", {})
+                refused = p.get("requests", 0) - p.get("ok", 0)
+                if p.get("failed"):
+                    notes.append(f"{where}, {p.get('label')}: failed: {p['failed'][:200]}")
+                elif idle_server_failures(p):
+                    messages = "; ".join(f"{k}: {v[:100]}" for k, v in sorted(p.get("error_messages", {}).items()))
+                    notes.append(f"{where}, {p.get('label')}: the server used {probe.get('server_cpu_util')} "
+                                 f"of a core while {refused} requests failed: they did not come from its "
+                                 f"work (client side, or the server stalled). First messages: {messages or '-'}"
+                                 + (" (measured twice)" if p.get("first_attempt") else ""))
+                elif p.get("first_attempt"):
+                    first = p["first_attempt"]
+                    messages = "; ".join(f"{k}: {v[:100]}" for k, v in sorted((first.get("error_messages") or {}).items()))
+                    notes.append(f"{where}, {p.get('label')}: measured again, the first attempt's requests "
+                                 f"failed while the server sat idle ({messages or '-'})")
+            disturbed = [p for p in points if p.get("probe", {}).get("others_cores", 0.0) > DISTURBED_CORES]
+            if disturbed:
+                notes.append(f"{where}: {len(disturbed)} of {len(points)} points disturbed (other processes "
+                             f"above {DISTURBED_CORES} cores): "
+                             + ", ".join(str(p.get("label")) for p in disturbed[:12]))
+    return notes
+
+
+def check_line(data: Mapping[str, Any]) -> str:
+    checks = []
+    for name in _present(data, (*ORDER, "heavy")):
+        for measured in data["rounds"][:1]:
+            check = measured.get(name, {}).get("check", {})
+            if "max_abs_difference" in check:
+                checks.append(f"{NAMES[name]} max |difference| {check['max_abs_difference']:.2g}")
+            elif check:
+                checks.append(f"{NAMES[name]} {check.get('compared')}")
+    return "Output checked against in-process onnxruntime on one request: " + "; ".join(checks) + "."
+
+
 def render(data: Mapping[str, Any]) -> str:
     """The whole generated section body (Markdown)."""
     parts = [
@@ -284,7 +339,7 @@ def render(data: Mapping[str, Any]) -> str:
         "generator on core 1; 1-row requests to `mlp256` (FP32 [1,256] -> 1024 -> 1024 -> 10); gRPC "
         f"deadline {fs.fmt(data.get('slo_ms'))} ms = the SLO for goodput; {fs.fmt(data.get('warmup_s'))} s "
         f"warm-up and {fs.fmt(data.get('duration_s'))} s measured per point; medians over "
-        f"{data.get('repeats', 1)} round(s), servers alternating within each round. MLServer and Triton "
+        f"{data.get('repeats', 1)} round(s) (each figure its own median), servers alternating within each round. MLServer and Triton "
         "serve the same ONNX file through onnxruntime (1 intra-op thread, no spinning, as Kairos), each "
         "checked against in-process onnxruntime on one real request first. Peak = the highest goodput "
         "of an open-loop (Poisson) point; 2x = twice the offered rate of that point. Server CPU = "
@@ -296,12 +351,15 @@ def render(data: Mapping[str, Any]) -> str:
     if data.get("quick"):
         parts += ["", "**--quick run: points far too short to quote; a check of the script only.**"]
     settings = data.get("settings", {})
-    if settings:
-        m, t = settings.get("mlserver", {}), settings.get("triton", {})
-        parts += ["", f"Peers: MLServer adaptive batching max_batch_size {m.get('max_batch_size')}, "
-                      f"max_batch_time {fs.fmt(m.get('max_batch_time_ms'))} ms; Triton dynamic batching "
-                      f"max_batch_size {t.get('max_batch_size')}, max_queue_delay_microseconds "
-                      f"{t.get('max_queue_delay_microseconds')} (tuned below)."]
+    m, t = settings.get("mlserver", {}), settings.get("triton", {})
+    if _has(data, "mlserver"):
+        parts += ["", f"MLServer: adaptive batching, max_batch_size {m.get('max_batch_size')}, "
+                      f"max_batch_time {fs.fmt(m.get('max_batch_time_ms'))} ms, default workers."]
+    if _has(data, "triton"):
+        tuned = " (tuned: see below)" if data.get("triton_tuning", {}).get("tried") else ""
+        parts += ["", f"Triton: dynamic batching, max_batch_size {t.get('max_batch_size')}, "
+                      f"max_queue_delay_microseconds {t.get('max_queue_delay_microseconds')}{tuned}; "
+                      "one python-backend instance."]
     for name, error in sorted(data.get("errors", {}).items()):
         parts += ["", f"**{NAMES.get(name, name)} not measured:** {error}"]
     for index, measured in enumerate(data.get("rounds", []), 1):
@@ -309,6 +367,8 @@ def render(data: Mapping[str, Any]) -> str:
             if result.get("aborted"):
                 parts += ["", f"**{NAMES.get(name, name)} stopped answering in round {index}** (its "
                               f"figures stop there): {result['aborted'][:300]}"]
+    if data.get("rounds"):
+        parts += ["", check_line(data)]
     parts += ["", "### Side by side", "", summary_table(data),
               "", "### Targets", "", targets_table(data),
               "", "### Server CPU at 1,000 req/s", "", cpu_table(data)]
@@ -326,6 +386,9 @@ def render(data: Mapping[str, Any]) -> str:
         chosen = median_round(data["rounds"], name)
         if chosen:
             parts += ["", f"**{NAMES[name]}**", "", sweep_table(chosen)]
+    notes = point_notes(data)
+    if notes:
+        parts += ["", "### Notes on the points", "", *(f"- {n}" for n in notes)]
     return "\n".join(parts)
 
 

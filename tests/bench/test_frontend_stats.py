@@ -155,8 +155,13 @@ def test_report_renders_every_table_with_medians(fr):
     data = {"command": "python bench/frontend_compare.py", "started_at": "t0", "finished_at": "t1",
             "repeats": 2, "slo_ms": 10.0, "heavy_slo_ms": 250.0, "onnxruntime_batch1_ms": 0.19,
             "generator": {"engine": "native", "version": "kairos-loadgen 0.1.0", "connections": 1},
-            "rounds": [{"kairos": _server(12000, True), "floor": _server(3000, False)},
-                       {"kairos": _server(14000, True), "floor": _server(3400, False)}],
+            "rounds": [{"kairos": _server(12000, True), "floor": _server(3000, False),
+                        "mlserver": _server(800, False), "heavy": _server(40, True)},
+                       {"kairos": _server(14000, True), "floor": _server(3400, False),
+                        "mlserver": _server(900, False), "heavy": _server(44, True)}],
+            "triton_tuning": {"chosen": 500, "tried": [
+                {"max_queue_delay_microseconds": d, "goodput": g, "p50_ms": 1.0, "p99_ms": 5.0}
+                for d, g in ((100, 3000), (500, 3500))]},
             "errors": {"triton": "PeerMissing: run bench/setup_peers.sh"}}
     text = fr.render(data)
     assert "| Kairos (native) | 0.5 | 12,870 | 13,000 |" in text  # medians of the two rounds
@@ -164,5 +169,14 @@ def test_report_renders_every_table_with_medians(fr):
     assert "RESOURCE_EXHAUSTED 400" in text and "Triton 2.51 not measured:** PeerMissing" in text
     assert "| Kairos (native) | 200 | 1 | 200 | NOT_FOUND 1000" in text  # CPU us per answer/refusal
     assert "kairos-loadgen 0.1.0" in text and "WARNING" not in text
+    assert "peak goodput >= 10x MLServer's | >= 10x | 15.29x | yes" in text
+    assert "| 500 | 3,500 | 1 | 5 | yes |" in text  # Triton's tuning, the chosen delay marked
+    assert "| mlp-heavy | 250 | 41.6 | 42 |" in text
+    idle = _point("c=16", None, 0, {"UNAVAILABLE": {"count": 900}})
+    idle["probe"]["server_cpu_util"] = 0.01
+    idle["error_messages"] = {"UNAVAILABLE": "connection error"}
+    assert fr.idle_server_failures(idle) and not fr.idle_server_failures(_point("c=16", None, 9))
+    data["rounds"][0]["floor"]["sweep"]["capacity_probes"] = [idle]
+    assert "c=16: the server used 0.01 of a core while 900 requests failed" in fr.render(data)
     python = {**data, "generator": {"engine": "python", "warning": "slow"}}
     assert "WARNING: slow" in fr.render(python)
