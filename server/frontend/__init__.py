@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,38 @@ CALLS = {
 }
 _INTERNAL = 13
 _INF = float("inf")
+
+
+class _Reply:
+    """What a queued request's batch resolves: answers go straight to the transport's
+    next flush (no future, no extra loop iteration)."""
+
+    __slots__ = ("transport", "rid", "model", "requested", "version", "rows", "klass",
+                 "arrival", "deadline", "finished")
+
+    def __init__(self, transport, rid, model, requested, version, rows, klass, arrival,
+                 deadline) -> None:
+        self.transport = transport
+        self.rid = rid
+        self.model = model
+        self.requested = requested
+        self.version = version
+        self.rows = rows
+        self.klass = klass
+        self.arrival = arrival
+        self.deadline = deadline
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, outputs: dict) -> None:
+        self.finished = True
+        self.transport._answered(self, outputs)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.finished = True
+        self.transport._failed(self, error)
 
 
 class _CallContext:
@@ -159,7 +190,13 @@ class NativeTransport:
     def _on_arrivals(self) -> None:
         infers, calls, refused = self.frontend.take()
         for item in infers:
-            self._start(item)
+            try:
+                self._start(item)
+            except Exception:  # a Kairos bug: answer this request, keep the others
+                log.exception("unexpected error admitting a request")
+                self.metrics.request_finished(item[1], item[3], "internal_bug", 0.0, 0, item[10])
+                self._results.append((item[0], None, _INTERNAL, "internal error"))
+                self._schedule_flush()
         for rid, method, payload in calls:
             task = asyncio.ensure_future(self._call(rid, method, payload))
             self._calls.add(task)
@@ -211,9 +248,11 @@ class NativeTransport:
                 deadline=deadline, arrival=arrival, priority=priority, klass=klass,
                 request_id=request_id, shape_key=shape_key,
             )
-            ticket = served.dispatcher.enqueue(request)
+            reply = _Reply(self, rid, model, requested, served.version, rows, klass, arrival,
+                           deadline)
+            served.dispatcher.enqueue(request, reply)
         except KairosError as exc:
-            self._finish(rid, model, requested, version, exc.reason, arrival, rows, klass, None)
+            self._finish(model, requested, version, exc.reason, arrival, rows, klass, None)
             self._results.append((rid, None, grpc_code_of(exc), str(exc)))
             self._schedule_flush()
             return
@@ -221,28 +260,24 @@ class NativeTransport:
         self._touched[key] = served
         if klass == "online":
             self._tails[key] = (deadline, shape_key)
-        ticket.waiter.add_done_callback(
-            partial(self._done, rid, model, requested, served.version, rows, klass, arrival, deadline)
-        )
 
-    def _done(self, rid, model, requested, version, rows, klass, arrival, deadline, future) -> None:
-        now = time.monotonic()
-        error = future.exception() if not future.cancelled() else InternalError("cancelled")
-        if error is None:
-            outputs = future.result()
-            self._results.append((rid, list(outputs.items())))
-            self._finish(rid, model, requested, version, "success", arrival, rows, klass,
-                         now <= deadline)
-        else:
-            if not isinstance(error, KairosError):
-                log.error("unexpected error serving %s: %r", model, error)
-                error = InternalError(f"internal error: {type(error).__name__}")
-            met = (now <= deadline) if error.reason == "deadline_exceeded" else None
-            self._finish(rid, model, requested, version, error.reason, arrival, rows, klass, met)
-            self._results.append((rid, None, grpc_code_of(error), str(error)))
+    def _answered(self, reply: _Reply, outputs: dict) -> None:
+        self._results.append((reply.rid, list(outputs.items())))
+        self._finish(reply.model, reply.requested, reply.version, "success", reply.arrival,
+                     reply.rows, reply.klass, time.monotonic() <= reply.deadline)
         self._schedule_flush()
 
-    def _finish(self, rid, model, requested, version, outcome, arrival, rows, klass, met) -> None:
+    def _failed(self, reply: _Reply, error: BaseException) -> None:
+        if not isinstance(error, KairosError):
+            log.error("unexpected error serving %s: %r", reply.model, error)
+            error = InternalError(f"internal error: {type(error).__name__}")
+        met = (time.monotonic() <= reply.deadline) if error.reason == "deadline_exceeded" else None
+        self._finish(reply.model, reply.requested, reply.version, error.reason, reply.arrival,
+                     reply.rows, reply.klass, met)
+        self._results.append((reply.rid, None, grpc_code_of(error), str(error)))
+        self._schedule_flush()
+
+    def _finish(self, model, requested, version, outcome, arrival, rows, klass, met) -> None:
         metrics = self.metrics
         metrics.request_finished(model, version, outcome, time.monotonic() - arrival, rows, klass, met)
         metrics.request_ended(model, requested)

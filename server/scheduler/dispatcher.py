@@ -178,10 +178,11 @@ class AsyncDispatcher:
                 self._maybe_idle()
             raise
 
-    def enqueue(self, request: InferenceRequest) -> Ticket:
-        """Admit a request (or raise at once); `ticket.waiter` is the future its batch's
-        completion resolves. For callers that handle many requests without a coroutine
-        each (the native front end)."""
+    def enqueue(self, request: InferenceRequest, waiter: Any = None) -> Ticket:
+        """Admit a request (or raise at once); `ticket.waiter` is what its batch's
+        completion resolves: a new future, or `waiter` (anything with `done()`,
+        `set_result()` and `set_exception()`, called on the loop) for callers that
+        handle many requests without a coroutine or future each (the native front end)."""
         if self._closing:
             raise ShuttingDown("model is unloading")
         loop = self._loop
@@ -192,7 +193,7 @@ class AsyncDispatcher:
         if self.padding is not None:
             request.shape_key = self.padding.lane_key(request.shape_key)
         ticket = core.admit(request, now)  # raises Refused / DeadlineExceeded
-        ticket.waiter = loop.create_future()
+        ticket.waiter = waiter if waiter is not None else loop.create_future()
         self.metrics.queue_depth(self.model, self.version, core.queued_requests, core.queued_rows)
         gap = now - self._last_activity
         self._last_activity = now
