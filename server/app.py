@@ -87,8 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "beyond it waits for a free one (default 4096; load balancers "
                              "multiplex many calls on few connections)")
     parser.add_argument("--drain-delay-seconds", type=float, default=0.0,
-                        help="on shutdown, how long health answers NOT_SERVING (and inference "
-                             "UNAVAILABLE) before the listener closes, so load balancers see it "
+                        help="on shutdown, how long health answers NOT_SERVING before the "
+                             "listener closes, so load balancers see it; inference is still "
+                             "served meanwhile (with --transport aio it is refused UNAVAILABLE) "
                              "(default 0)")
     parser.add_argument("--watch", action="store_true",
                         help="poll the model repository and reload models whose files change")

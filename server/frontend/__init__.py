@@ -166,13 +166,13 @@ class NativeTransport:
         self.frontend.publish(name, versions, state.latest, list(state.failed.items()), state.reason)
 
     async def drain(self, grace_s: float, drain_delay_s: float) -> None:
-        """Not ready at once; after `drain_delay_s` (inference refused meanwhile, so load
-        balancers move away), GOAWAY: every request a client sent before it saw the
-        GOAWAY is served, later ones find the listener closed (UNAVAILABLE)."""
+        """Not ready at once; requests are still served for `drain_delay_s` (while load
+        balancers notice the NOT_SERVING health and move away, nothing they still send
+        is lost); then GOAWAY: every request a client sent before it saw the GOAWAY is
+        served, later ones find the listener closed (UNAVAILABLE)."""
         deadline = time.monotonic() + grace_s
         self.frontend.begin_drain()
         if drain_delay_s > 0:
-            self.frontend.stop_accepting()
             await asyncio.sleep(drain_delay_s)
         self.frontend.close_streams()
         # stop() blocks (GIL released) until every connection has finished.
