@@ -77,13 +77,15 @@ def _check_shape(name: str, shape: Sequence[int]) -> int:
     if len(shape) > MAX_RANK:
         raise TensorError(f"input '{name}': {len(shape)} dimensions, at most {MAX_RANK} allowed")
     count = 1
+    nonzero = 1  # numpy refuses a shape like [0, 2**31, 2**31] ("array is too big") too
     for dim in shape:
         if dim < 0:
             raise TensorError(f"input '{name}': negative dimension {dim} in shape {list(shape)}")
         count *= dim
+        nonzero *= max(dim, 1)
         # Each dim too: with a zero elsewhere the product stays 0, but numpy still
         # refuses a shape like [0, 2**62] (ValueError, which would surface as INTERNAL).
-        if count > MAX_ELEMENTS or dim > MAX_ELEMENTS:
+        if count > MAX_ELEMENTS or nonzero > MAX_ELEMENTS:
             raise TensorError(f"input '{name}': shape {list(shape)} is too large")
     return count
 

@@ -121,6 +121,9 @@ pub fn element_count(name: &str, shape: &[i64]) -> Result<usize, Refusal> {
         )));
     }
     let mut count: u64 = 1;
+    // numpy refuses a shape whose non-zero dims multiply past its limits even when
+    // another dim is 0, so those are bounded too.
+    let mut nonzero: u64 = 1;
     for &dim in shape {
         if dim < 0 {
             return Err(invalid(format!(
@@ -129,7 +132,8 @@ pub fn element_count(name: &str, shape: &[i64]) -> Result<usize, Refusal> {
             )));
         }
         count = count.saturating_mul(dim as u64);
-        if count > MAX_ELEMENTS || dim as u64 > MAX_ELEMENTS {
+        nonzero = nonzero.saturating_mul((dim as u64).max(1));
+        if count > MAX_ELEMENTS || nonzero > MAX_ELEMENTS {
             return Err(invalid(format!(
                 "input '{}': shape {shape:?} is too large",
                 short(name)
@@ -498,6 +502,8 @@ mod tests {
         assert!(decode_tensor(&tensor("x", "FP32", &[-1]), Some(vec![])).is_err());
         assert!(decode_tensor(&tensor("x", "FP32", &[1 << 40, 1 << 40]), None).is_err());
         assert!(decode_tensor(&tensor("x", "FP32", &[1; 17]), Some(vec![0; 4])).is_err());
+        // Zero elements, but numpy would refuse the shape: refused here, not in Python.
+        assert!(decode_tensor(&tensor("x", "FP32", &[0, 1 << 31, 1 << 31]), Some(vec![])).is_err());
     }
 
     #[test]

@@ -480,7 +480,19 @@ impl Frontend {
         let (infers, calls) = self.shared.take();
         let arrivals = PyList::empty(py);
         for arrival in infers {
-            arrivals.append(arrival_object(py, arrival)?)?;
+            let rid = arrival.rid;
+            match arrival_object(py, arrival) {
+                Ok(object) => arrivals.append(object)?,
+                // One request that cannot become Python objects must not take the
+                // others down with it.
+                Err(e) => deliver(
+                    &self.shared,
+                    rid,
+                    Err(Refusal::internal(format!(
+                        "cannot hand the request over: {e}"
+                    ))),
+                ),
+            }
         }
         let forwarded = PyList::empty(py);
         for call in calls {
