@@ -342,7 +342,8 @@ def render(data: Mapping[str, Any]) -> str:
         f"{data.get('repeats', 1)} round(s) (each figure its own median), servers alternating within each round. MLServer and Triton "
         "serve the same ONNX file through onnxruntime (1 intra-op thread, no spinning, as Kairos), each "
         "checked against in-process onnxruntime on one real request first. Peak = the highest goodput "
-        "of an open-loop (Poisson) point; 2x = twice the offered rate of that point. Server CPU = "
+        "of the sweep's open-loop (Poisson) points; 2x = twice the offered rate of that point (its "
+        "goodput can exceed the peak when batches grow under overload). Server CPU = "
         "utime+stime of the server's whole process tree (worker / stub processes included) over the window.",
         "", *generator_lines(data), "",
         f"Raw onnxruntime, `mlp256` batch 1, one thread on the generator's core: "
