@@ -217,6 +217,12 @@ impl Service {
             served.slo_s,
             self.config.default_slo_s,
         );
+        if deadline <= monotonic() {
+            // e.g. a `timeout` parameter shorter than the time the request took to arrive
+            return Err(Refusal::deadline(
+                "the deadline passed before the request was read".into(),
+            ));
+        }
         if !parameters.batch_class {
             // The scheduler sees this request only once Python takes it: count that wait.
             let clock = monotonic();
