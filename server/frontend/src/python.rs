@@ -69,25 +69,41 @@ fn numeric_array<'py>(
         );
     };
     if raw.is_empty() {
-        // SAFETY: numpy allocates the (empty) data itself when given none.
-        unsafe {
-            let descr = PY_ARRAY_API.PyArray_DescrFromType(py, typenum(dtype));
-            let subtype = npyffi::get_type_object(py, NpyTypes::PyArray_Type);
-            let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
-                py,
-                subtype,
-                descr,
-                dims.len() as c_int,
-                dims.as_mut_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-            );
-            return Bound::from_owned_ptr_or_err(py, ptr);
-        }
+        // SAFETY: with no data numpy allocates the (empty) array itself.
+        return unsafe { new_array(py, dtype, &mut dims, std::ptr::null_mut(), 0) };
     }
     aligned_array(py, dtype, &mut dims, PyArray1::from_vec(py, raw).into_any())
+}
+
+/// `PyArray_NewFromDescr` for a C-contiguous array of `dtype` and `dims` over `data`
+/// (null: numpy allocates).
+///
+/// # Safety
+/// `data`, when not null, must hold dims x itemsize bytes that outlive the array.
+unsafe fn new_array<'py>(
+    py: Python<'py>,
+    dtype: Dtype,
+    dims: &mut [npy_intp],
+    data: *mut std::ffi::c_void,
+    flags: c_int,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: as the caller promises; descr and subtype come from numpy itself.
+    unsafe {
+        let descr = PY_ARRAY_API.PyArray_DescrFromType(py, typenum(dtype));
+        let subtype = npyffi::get_type_object(py, NpyTypes::PyArray_Type);
+        let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
+            py,
+            subtype,
+            descr,
+            dims.len() as c_int,
+            dims.as_mut_ptr(),
+            std::ptr::null_mut(),
+            data,
+            flags,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, ptr)
+    }
 }
 
 /// A view of `base`'s buffer (a 1-d numpy array that owns the bytes) as dtype + dims.
@@ -101,24 +117,11 @@ fn aligned_array<'py>(
     // dims x itemsize (checked by decode) and stays alive as the array's base object.
     unsafe {
         let data = (*base.as_ptr().cast::<npyffi::PyArrayObject>()).fields.data;
-        let descr = PY_ARRAY_API.PyArray_DescrFromType(py, typenum(dtype));
-        let subtype = npyffi::get_type_object(py, NpyTypes::PyArray_Type);
         let flags = npyffi::NPY_ARRAY_C_CONTIGUOUS
             | npyffi::NPY_ARRAY_WRITEABLE
             | npyffi::NPY_ARRAY_ALIGNED;
-        let ptr = PY_ARRAY_API.PyArray_NewFromDescr(
-            py,
-            subtype,
-            descr,
-            dims.len() as c_int,
-            dims.as_mut_ptr(),
-            std::ptr::null_mut(),
-            data.cast(),
-            flags,
-            std::ptr::null_mut(),
-        );
-        let array = Bound::from_owned_ptr_or_err(py, ptr)?;
-        if PY_ARRAY_API.PyArray_SetBaseObject(py, ptr.cast(), base.into_ptr()) < 0 {
+        let array = new_array(py, dtype, dims, data.cast(), flags)?;
+        if PY_ARRAY_API.PyArray_SetBaseObject(py, array.as_ptr().cast(), base.into_ptr()) < 0 {
             return Err(PyErr::fetch(py));
         }
         Ok(array)
