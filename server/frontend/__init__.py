@@ -157,10 +157,11 @@ class NativeTransport:
     def publish(self, name: str) -> None:
         """Tell the front end what `name` serves now (called on every state change)."""
         state = self.repository.model_state(name)
+        # L(1) starts at 0: a model with no queue refuses nothing natively (see
+        # `_publish_service_floors`).
         versions = [
             (version, _signature_tuple(served),
-             served.settings.slo_ms / 1000 if served.settings.slo_ms else None,
-             _min_service_s(served))
+             served.settings.slo_ms / 1000 if served.settings.slo_ms else None, 0.0)
             for version, served in state.served.items()
         ]
         self.frontend.publish(name, versions, state.latest, list(state.failed.items()), state.reason)
