@@ -1,23 +1,24 @@
-"""Optional test dependencies: a test skips when one is missing on a developer's machine,
-and fails under CI (CI=true), where `scripts/test` installs everything."""
+"""Test dependencies. `./scripts/test` installs every one of them (the `test` extra, Debian's
+prometheus, the Rust programs built by pip install), so a missing one is a broken set-up:
+the test fails and says how to install it, rather than skipping a check."""
 
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
 
-def require_module(name: str, install: str) -> ModuleType:
-    """Import `name`; without it, skip the test (fail when the CI variable is set).
+def missing(what: str, install: str) -> NoReturn:
+    """Fail the test: `what` is not there; `install` says how to get it."""
+    pytest.fail(f"{what} is not installed ({install}; ./scripts/test installs it)")
 
-    `install` says how to get it (e.g. "pip install -e '.[plot]'")."""
+
+def require_module(name: str, install: str) -> ModuleType:
+    """Import `name`, or fail naming how to install it (e.g. "pip install -e '.[plot]'")."""
     try:
         return importlib.import_module(name)
     except ImportError as error:
-        message = f"{name} is not installed ({install}): {error}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name} ({error})", install)

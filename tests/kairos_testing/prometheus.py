@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -23,19 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from .dependencies import missing
 from .server import stop_process
 
 
 def binary(name: str) -> str:
-    """Path of `prometheus`/`promtool`; skips the test when absent, fails under CI."""
+    """Path of `prometheus`/`promtool`; the test fails without it."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not found (apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(name, "apt-get install prometheus")
     return path
 
 

@@ -8,7 +8,6 @@ where `pip install .` must have built it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from kairos.client.bench import BenchConfig, native, run
 from kairos.client.bench import cli as bench_cli
+from kairos_testing.dependencies import missing
 from kairos_testing.server import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,12 +27,10 @@ BUILT = ROOT / "target" / "release" / native.PROGRAM
 def loadgen() -> Path:
     try:
         return native.find_loadgen()
-    except native.NativeEngineError as missing:
+    except native.NativeEngineError:
         if BUILT.is_file():
             return BUILT
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must build {native.PROGRAM}: {missing}")
-        pytest.skip(f"{native.PROGRAM} not built (cargo build --release -p {native.PROGRAM})")
+        missing(native.PROGRAM, "pip install . builds it; or cargo build --release -p kairos-loadgen")
 
 
 @pytest.fixture(scope="module")
