@@ -325,6 +325,13 @@ mod tests {
     fn every_arrival_is_taken_or_leaves_the_eventfd_readable() {
         // Producers race with a consumer; whenever the consumer finds the eventfd not
         // readable, nothing may be left in the queue (a lost wake-up would hang Python).
+        // The race window is narrow: several rounds.
+        for _ in 0..10 {
+            race_producers_against_a_consumer();
+        }
+    }
+
+    fn race_producers_against_a_consumer() {
         let shared = Arc::new(Shared::new().expect("eventfd"));
         let producers: Vec<_> = (0..4)
             .map(|p| {
@@ -345,12 +352,16 @@ mod tests {
             })
             .collect();
         let mut taken = 0usize;
-        while taken < 80_000 {
+        loop {
+            // Finished first, then readable: once every producer is done no write can
+            // come, so an unreadable eventfd must mean an empty queue.
+            let done = producers.iter().all(|p| p.is_finished());
             if readable(shared.eventfd()) {
                 taken += shared.take().0.len();
-            } else if producers.iter().all(|p| p.is_finished()) {
+            } else if done {
                 let left = shared.take().0.len();
                 assert_eq!(left, 0, "{left} arrivals queued with no wake-up pending");
+                break;
             }
         }
         for p in producers {
