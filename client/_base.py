@@ -111,31 +111,34 @@ def infer(
 
 
 class ClientBase:
-    """Channel, stub and per-call metadata; `secure`/`insecure` make the channel (sync or aio)."""
+    """Channel, stub and per-call metadata; the subclass's channel constructors make the
+    channel (sync or aio)."""
+
+    # The channel constructors (grpc's, or grpc.aio's), set by each client class.
+    _insecure_channel: Callable[..., Any]
+    _secure_channel: Callable[..., Any]
 
     def __init__(
         self,
-        url: str,
+        url: str = DEFAULT_URL,
         *,
-        max_message_mb: int,
-        ssl: bool,
-        ssl_root_cert: PemSource,
-        ssl_client_cert: PemSource,
-        ssl_client_key: PemSource,
-        token: str | None,
-        headers: Mapping[str, str] | None,
-        channel_args: Sequence[tuple[str, Any]],
-        insecure: Callable[..., Any],
-        secure: Callable[..., Any],
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        ssl: bool = False,
+        ssl_root_cert: PemSource = None,
+        ssl_client_cert: PemSource = None,
+        ssl_client_key: PemSource = None,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        channel_args: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.url = normalize_url(url)
         options = channel_options(max_message_mb) + list(channel_args)
         ssl = ssl or url.startswith(("grpcs://", "https://"))
         credentials = channel_credentials(ssl, ssl_root_cert, ssl_client_cert, ssl_client_key)
         if credentials is None:
-            self._channel = insecure(self.url, options=options)
+            self._channel = self._insecure_channel(self.url, options=options)
         else:
-            self._channel = secure(self.url, credentials, options=options)
+            self._channel = self._secure_channel(self.url, credentials, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self._metadata = call_metadata(token, headers)
 

@@ -18,7 +18,7 @@ from kairos.protos import model_config_pb2
 
 from . import _base as calls
 from ._base import PROBE_TIMEOUT_S, ClientBase, PemSource, ReadinessWait, Rpc, StreamSession
-from ._common import DEFAULT_MAX_MESSAGE_MB, DEFAULT_URL, InferenceServerError, InferResult
+from ._common import InferenceServerError, InferResult
 
 __all__ = ["InferenceClient", "PemSource"]
 
@@ -33,32 +33,8 @@ class InferenceClient(ClientBase):
     both ways (0: unlimited).
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
-        ssl: bool = False,
-        ssl_root_cert: PemSource = None,
-        ssl_client_cert: PemSource = None,
-        ssl_client_key: PemSource = None,
-        token: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        channel_args: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        super().__init__(
-            url,
-            max_message_mb=max_message_mb,
-            ssl=ssl,
-            ssl_root_cert=ssl_root_cert,
-            ssl_client_cert=ssl_client_cert,
-            ssl_client_key=ssl_client_key,
-            token=token,
-            headers=headers,
-            channel_args=channel_args,
-            insecure=grpc.insecure_channel,
-            secure=grpc.secure_channel,
-        )
+    _insecure_channel = staticmethod(grpc.insecure_channel)
+    _secure_channel = staticmethod(grpc.secure_channel)
 
     def _call(self, rpc: Rpc, timeout: float | None) -> Any:
         try:
