@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,25 +46,21 @@ _INTERNAL = 13
 _INF = float("inf")
 
 
+@dataclass(slots=True)
 class _Reply:
     """What a queued request's batch resolves: answers go straight to the transport's
     next flush (no future, no extra loop iteration)."""
 
-    __slots__ = ("transport", "rid", "model", "requested", "version", "rows", "klass",
-                 "arrival", "deadline", "finished")
-
-    def __init__(self, transport, rid, model, requested, version, rows, klass, arrival,
-                 deadline) -> None:
-        self.transport = transport
-        self.rid = rid
-        self.model = model
-        self.requested = requested
-        self.version = version
-        self.rows = rows
-        self.klass = klass
-        self.arrival = arrival
-        self.deadline = deadline
-        self.finished = False
+    transport: NativeTransport
+    rid: int
+    model: str
+    requested: str
+    version: str
+    rows: int
+    klass: str
+    arrival: float
+    deadline: float
+    finished: bool = False
 
     def done(self) -> bool:
         return self.finished
@@ -103,9 +100,8 @@ def _signature_tuple(served) -> tuple:
 
 
 def _min_service_s(served) -> float:
-    """L(1): a request with less time left cannot be served (0 = never refuse on it)."""
-    latency = getattr(served.dispatcher, "latency", None)
-    return float(latency.predict(1)) if latency is not None else 0.0
+    """L(1): a request with less time left cannot be served."""
+    return float(served.dispatcher.latency.predict(1))
 
 
 def _bytes_inputs(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,10 @@ pub struct Service {
     pub config: Arc<Config>,
 }
 
+fn deadline_passed() -> Refusal {
+    Refusal::deadline("the deadline passed before the request was read".into())
+}
+
 fn valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
@@ -187,9 +191,7 @@ impl Service {
             // Time left now: under load a request can reach its handler well after receipt.
             let left = timeout - (monotonic() - arrival);
             if left <= 0.0 {
-                return Err(Refusal::deadline(
-                    "the deadline passed before the request was read".into(),
-                ));
+                return Err(deadline_passed());
             }
             if left < served.min_service_s() {
                 return Err(Refusal::refused(format!(
@@ -217,15 +219,13 @@ impl Service {
             served.slo_s,
             self.config.default_slo_s,
         );
-        if deadline <= monotonic() {
+        let clock = monotonic();
+        if deadline <= clock {
             // e.g. a `timeout` parameter shorter than the time the request took to arrive
-            return Err(Refusal::deadline(
-                "the deadline passed before the request was read".into(),
-            ));
+            return Err(deadline_passed());
         }
         if !parameters.batch_class {
             // The scheduler sees this request only once Python takes it: count that wait.
-            let clock = monotonic();
             let lag = self.shared.python_lag(clock);
             let now = clock + lag;
             if lag > 0.0 && now + served.min_service_s() > deadline {
