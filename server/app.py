@@ -144,8 +144,7 @@ class KairosServer:
         self.native = None
         try:
             self.tls = tls_material(args.tls_cert, args.tls_key, args.tls_client_ca)
-            self.credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
-                                if args.transport == "aio" else None)
+            self.credentials = server_credentials(self.tls) if args.transport == "aio" else None
             self.tokens = load_tokens(args.auth_token_file)
         except SecurityConfigError as exc:
             raise SystemExit(f"kairos serve: {exc}") from None

@@ -59,10 +59,9 @@ def tls_material(
 
 
 def server_credentials(
-    cert: Path | None, key: Path | None, client_ca: Path | None = None
+    material: tuple[bytes, bytes, bytes | None] | None,
 ) -> grpc.ServerCredentials | None:
-    """grpc.aio TLS credentials for `tls_material` (None for plain text)."""
-    material = tls_material(cert, key, client_ca)
+    """grpc.aio TLS credentials for what `tls_material` read (None for plain text)."""
     if material is None:
         return None
     chain, private, roots = material
