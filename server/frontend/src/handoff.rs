@@ -157,11 +157,9 @@ pub struct Shared {
     next_rid: AtomicU64,
     notified: AtomicBool,
     eventfd: libc::c_int,
-    pub accepting: AtomicBool,
     pub draining: AtomicBool,
     pub ready: AtomicBool,
     pub refusals: Mutex<RefusalCounts>,
-    pub totals: Mutex<HashMap<&'static str, u64>>,
     pub open_streams: AtomicUsize,
     pub closing_streams: AtomicBool,
     pub streams_closed: Notify,
@@ -184,11 +182,9 @@ impl Shared {
             next_rid: AtomicU64::new(1),
             notified: AtomicBool::new(false),
             eventfd: fd,
-            accepting: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             refusals: Mutex::new(HashMap::new()),
-            totals: Mutex::new(HashMap::new()),
             open_streams: AtomicUsize::new(0),
             closing_streams: AtomicBool::new(false),
             streams_closed: Notify::new(),
@@ -274,7 +270,6 @@ impl Shared {
             .lock()
             .entry((model.to_string(), version.to_string(), reason, batch))
             .or_insert(0) += 1;
-        *self.totals.lock().entry(reason).or_insert(0) += 1;
     }
 
     pub fn take_refusals(&self) -> RefusalCounts {

@@ -15,7 +15,6 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use std::collections::HashMap;
 use std::os::raw::c_int;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -417,11 +416,6 @@ impl Frontend {
         self.shared.models.write().insert(name, entry);
     }
 
-    /// The model is no longer known (its name then answers NOT_FOUND).
-    fn forget(&self, name: &str) {
-        self.shared.models.write().remove(name);
-    }
-
     /// The scheduler's state of ready versions, for native refusals:
     /// [(model, version, L(1) s, predicted delay of a new 1-row request s, deadline of
     /// the last request queued)]; zeros when a version's queue is empty.
@@ -441,15 +435,10 @@ impl Frontend {
     }
 
     /// Drain begins: not ready, models not ready, health NOT_SERVING; requests are
-    /// still served until `stop` sends GOAWAY (or `stop_accepting` refuses them).
+    /// still served until `stop` sends GOAWAY.
     fn begin_drain(&self, py: Python<'_>) {
         self.shared.draining.store(true, Ordering::Release);
         self.set_ready(py, false);
-    }
-
-    /// Refuse new inference requests at once (UNAVAILABLE "server is shutting down").
-    fn stop_accepting(&self) {
-        self.shared.accepting.store(false, Ordering::Release);
     }
 
     /// Let every open stream answer what it has read, then end it (UNAVAILABLE).
@@ -462,16 +451,6 @@ impl Frontend {
     #[getter]
     fn in_flight(&self) -> usize {
         self.shared.in_flight()
-    }
-
-    #[getter]
-    fn open_streams(&self) -> usize {
-        self.shared.open_streams.load(Ordering::Acquire)
-    }
-
-    /// Refusals made natively since start, by reason.
-    fn refusal_totals(&self) -> HashMap<&'static str, u64> {
-        self.shared.totals.lock().clone()
     }
 
     /// Everything that arrived since the last call: (inferences, calls, refusals).

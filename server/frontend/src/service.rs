@@ -183,9 +183,6 @@ impl Service {
         arrival: f64,
         remaining: Option<f64>,
     ) -> Result<InferArrival, Refusal> {
-        if !self.shared.accepting.load(Ordering::Acquire) {
-            return Err(Refusal::unavailable("server is shutting down".into()));
-        }
         let served = self.resolve(&request.model_name, &request.model_version)?;
         if let Some(timeout) = remaining {
             // Time left now: under load a request can reach its handler well after receipt.
@@ -421,10 +418,7 @@ impl GrpcInferenceService for Service {
         self.authorize(request.metadata())?;
         let request = request.into_inner();
         let ready = match self.resolve(&request.name, &request.version) {
-            Ok(_) => {
-                self.shared.accepting.load(Ordering::Acquire)
-                    && !self.shared.draining.load(Ordering::Acquire)
-            }
+            Ok(_) => !self.shared.draining.load(Ordering::Acquire),
             Err(refusal) if refusal.code == tonic::Code::InvalidArgument => {
                 return Err(refusal.status())
             }
