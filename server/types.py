@@ -57,3 +57,8 @@ class InferenceRequest:
     request_id: str = ""
     # Requests are merged only when this key is equal: non-batch dims and dtypes.
     shape_key: tuple = field(default=())
+    # Least accuracy (against the reference) of the model-group variant that may serve
+    # it: the `kairos_min_accuracy` parameter; 0 = any variant.
+    min_accuracy: float = 0.0
+    # The variant of a model group that served it (set by the scheduler; "" otherwise).
+    served_by: str = ""

@@ -73,6 +73,7 @@ from typing import Any
 from ..errors import DeadlineExceeded, Refused
 from ..types import InferenceRequest
 from .latency import LatencyModel
+from .variants import VariantChooser
 
 POLICIES = ("slo", "fixed", "none")
 
@@ -155,7 +156,7 @@ class Batch:
 
     __slots__ = (
         "key", "items", "rows", "predicted", "start", "online", "concurrent", "deadline", "overlap",
-        "background",
+        "background", "latency", "variant",
     )
 
     def __init__(self, key: Hashable, items: list, rows: int, predicted: float, start: float):
@@ -169,6 +170,8 @@ class Batch:
         self.deadline = _INF  # earliest deadline in it (set when several executors run)
         self.overlap = 0.0  # seconds during which another execution ran too
         self.background = False  # a low-priority batch-class piece holding no executor
+        self.latency: LatencyModel | None = None  # the L(b) that predicted it (learns from it)
+        self.variant = 0  # which variant of a model group runs it (0: the reference)
 
     @property
     def tickets(self) -> list[Ticket]:
@@ -222,10 +225,15 @@ class SchedulerCore:
         early_refusal: bool | None = None,
         background_batch: bool = False,
         busy_hold_s: float = 0.0,
+        variants: VariantChooser | None = None,
     ):
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduling policy {policy!r} (known: {', '.join(POLICIES)})")
         self.latency = latency
+        # A model group: `latency` is the reference's L(b); the one in use (admission,
+        # dispatch) is set from `variants` as each decision is made (see variants.py).
+        self.variants = variants
+        self.reference_latency = latency
         self.policy = policy
         self.batching = max_batch_size > 0
         # Rows per execution; a model that does not batch runs one request each.
@@ -277,7 +285,12 @@ class SchedulerCore:
             self.counts.refused_queue_full += 1
             raise Refused(f"queue full: {queued} rows queued, limit {self.max_queued_rows}")
         deadline = request.deadline
-        lane = self.lanes.get(request.shape_key)
+        key = request.shape_key
+        if self.variants is not None:
+            tier = self.variants.tier(request.min_accuracy)
+            key = (key, tier)
+            self.latency = self.variants.admission_latency(tier, min(rows, self.cap))
+        lane = self.lanes.get(key)
         probe = False
         if self.predictive:
             ahead = self._rows_ahead(ONLINE if online else BATCH, request.priority)
@@ -300,7 +313,7 @@ class SchedulerCore:
         if rows > self.cap:
             ticket.splittable = True
         if lane is None:
-            lane = self._new_lane(request.shape_key)
+            lane = self._new_lane(key)
         ticket.lane = lane
         heapq.heappush(lane.heap, ticket.entry)
         lane.live += 1
@@ -416,6 +429,10 @@ class SchedulerCore:
     ) -> float:
         """When a new request of `rows` rows would finish if admitted now."""
         ahead = self._rows_ahead(ONLINE if online else BATCH, priority)
+        if self.variants is not None:
+            tier = len(self.variants.variants) - 1
+            shape_key = (shape_key, tier)
+            self.latency = self.variants.admission_latency(tier, min(rows, self.cap))
         return self._admission_finish(now, ahead, rows, _INF, self.lanes.get(shape_key))
 
     # -- cancellation -----------------------------------------------------
@@ -466,9 +483,15 @@ class SchedulerCore:
         )
         if not background and (self.free <= 0 or (self.running and not self._side_by_side(now))):
             return None
+        variants = self.variants
+        if variants is not None:  # heads expire only if the fastest allowed variant is too slow
+            self.latency = variants.admission_latency(len(variants.variants) - 1, 1)
         lane = self._pick_lane(now)
         if lane is None:
             return None
+        variant = 0
+        if variants is not None:
+            variant = self._choose_variant(lane, now)
         if self.background_batch and lane.heap[0][0] == BATCH:
             if not background:
                 return None
@@ -484,7 +507,27 @@ class SchedulerCore:
             items, rows = self._take(lane, self.cap, 1)
         if not items:
             return None
-        return self._start(lane, items, rows, now)
+        batch = self._start(lane, items, rows, now)
+        if variants is not None:
+            batch.variant = variant
+            variants.served(variant, rows, len(items), batch.online)
+        return batch
+
+    def _choose_variant(self, lane: _Lane, now: float) -> int:
+        """Set `self.latency` to the variant the lane's next batch runs on (slo policy,
+        online work; otherwise the reference) and return its index."""
+        variants = self.variants
+        tier = lane.key[1]
+        head = lane.heap[0]
+        if self.policy != "slo" or head[0] != ONLINE:
+            self.latency = self.reference_latency
+            return 0
+        index = variants.choose(
+            tier=tier, queued_rows=lane.online_rows, cap=self.cap, head_slack=head[2] - now,
+            wait=self._executor_wait(now), budget=self.online_budget, now=now,
+        )
+        self.latency = variants.variants[index].latency
+        return index
 
     def _piece_rows(self) -> int:
         """Rows of a background piece: the most that L(b) says fit BACKGROUND_PIECE_S."""
@@ -521,6 +564,7 @@ class SchedulerCore:
         predicted = self.latency.predict(rows)
         if background:
             batch = Batch(lane.key, items, rows, predicted, now)
+            batch.latency = self.latency
             batch.online = False
             batch.background = True
             self.background = batch
@@ -529,6 +573,7 @@ class SchedulerCore:
         if self.running:
             predicted *= max(1.0, self.latency.concurrency_factor)
         batch = Batch(lane.key, items, rows, predicted, now)
+        batch.latency = self.latency
         batch.online = items[0][0].rank == ONLINE
         if self.executors > 1:
             batch.deadline = min(item[0].deadline for item in items)
@@ -844,7 +889,7 @@ class SchedulerCore:
         if not batch.background:  # a background piece's time includes preemption
             elapsed = now - batch.start
             overlap = batch.overlap / elapsed if batch.overlap > 0 and elapsed > 0 else 0.0
-            self.latency.observe(batch.rows, compute_s, overlap=overlap)
+            (batch.latency or self.latency).observe(batch.rows, compute_s, overlap=overlap)
         complete = []
         for ticket, start, stop in batch.items:
             ticket.done += stop - start
@@ -929,4 +974,5 @@ class SchedulerCore:
                 "batched_dispatches": counts.batches - single,
             },
             "batch_sizes": dict(sorted(counts.batch_sizes.items())),
+            "variants": self.variants.describe() if self.variants is not None else None,
         }

@@ -26,6 +26,7 @@ from ..errors import DeadlineExceeded, Refused
 from ..types import InferenceRequest
 from .core import CANCELLED, Batch, SchedulerCore
 from .latency import LatencyModel
+from .variants import Variant, VariantChooser
 
 ServiceTime = Callable[[int], float]
 
@@ -45,6 +46,7 @@ class SimRequest:
     klass: str = "online"
     priority: int = 0
     cancel_at: float | None = None  # the client gives up at this time
+    min_accuracy: float = 0.0  # floor on the serving variant's accuracy (model groups)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Outcome:
     status: str = "pending"  # ok | refused | expired | cancelled | failed | pending
     finish: float | None = None
     dispatch: float | None = None  # start of the batch that carried its (last) rows
+    variant: str = ""  # the model-group variant that served it
 
     @property
     def latency(self) -> float | None:
@@ -78,6 +81,7 @@ class BatchRecord:
     predicted: float
     online: bool
     requests: list[int]  # trace indices, in batch order
+    variant: int = 0  # index into the model group's variants (0: the reference)
 
 
 @dataclass
@@ -198,6 +202,8 @@ def simulate(
     profile_runs: int = 10,
     seed: int = 0,
     duration: float | None = None,
+    variants: Sequence[tuple[str, float, ServiceTime]] | None = None,
+    accuracy_budget: float = 1.0,
 ) -> SimResult:
     """Run the trace through a fresh core; see module docstring.
 
@@ -205,20 +211,34 @@ def simulate(
     concurrency_slowdown: while executions overlap, each runs this much slower
     (executors sharing cores): a run started beside others is slowed, and so is
     the rest of each run it joins.
+    variants: a model group, (name, accuracy against the reference, L_true) each,
+    the reference first (`service` is then ignored); accuracy_budget: the group's.
     """
     rng = np.random.default_rng(seed)
     service = service or DEFAULT_SERVICE
 
-    def actual(rows: int, concurrent: bool = False) -> float:
-        t = service(rows)
+    services = [service] if not variants else [v[2] for v in variants]
+
+    def actual(rows: int, concurrent: bool = False, variant: int = 0) -> float:
+        t = services[variant](rows)
         if noise:
             t *= float(math.exp(rng.normal(0.0, noise)))
         return t * (concurrency_slowdown if concurrent else 1.0)
 
-    latency = LatencyModel(max_batch_size, quantile=quantile)
-    for rows in latency.buckets:
-        for _ in range(profile_runs):
-            latency.observe(rows, actual(rows))
+    latencies = []
+    for index in range(len(services)):
+        latency = LatencyModel(max_batch_size, quantile=quantile)
+        for rows in latency.buckets:
+            for _ in range(profile_runs):
+                latency.observe(rows, actual(rows, variant=index))
+        latencies.append(latency)
+    latency = latencies[0]
+    chooser = None
+    if variants:
+        chooser = VariantChooser(
+            [Variant(name, accuracy, lat) for (name, accuracy, _), lat in zip(variants, latencies, strict=True)],
+            accuracy_budget,
+        )
     core = SchedulerCore(
         latency=latency,
         max_batch_size=max_batch_size,
@@ -228,6 +248,7 @@ def simulate(
         max_queue_delay_s=max_queue_delay_s,
         preferred_batch_sizes=preferred_batch_sizes,
         early_refusal=early_refusal,
+        variants=chooser,
     )
     sim = _Simulation(trace, core, actual, concurrency_slowdown)
     sim.run()
@@ -291,6 +312,7 @@ class _Simulation:
             klass=spec.klass,
             request_id=str(index),
             shape_key=spec.shape_key,
+            min_accuracy=spec.min_accuracy,
         )
         try:
             ticket = self.core.admit(request, now)
@@ -321,7 +343,7 @@ class _Simulation:
                 break
             if batch.concurrent:
                 self.slow_down_running(now)
-            end = now + self.actual(batch.rows, batch.concurrent)
+            end = now + self.actual(batch.rows, batch.concurrent, batch.variant)
             self.running[id(batch)] = [end, 0, batch.concurrent]
             self.batches[id(batch)] = batch
             self.push(end, _DONE, (batch, 0))
@@ -357,10 +379,14 @@ class _Simulation:
                 batch.predicted,
                 batch.online,
                 [int(t.request.request_id) for t, _, _ in batch.items],
+                batch.variant,
             )
         )
+        chooser = self.core.variants
+        name = chooser.variants[batch.variant].name if chooser is not None else ""
         for ticket, _, _ in batch.items:
             ticket.waiter.dispatch = batch.start
+            ticket.waiter.variant = name
         for ticket in self.core.finish(batch, now, took):
             ticket.waiter.status = "ok"
             ticket.waiter.finish = now
