@@ -125,6 +125,10 @@ class FanoutMetrics(MetricsSink):
         for sink in self.sinks:
             sink.batch_executed(*args, **kwargs)
 
+    def variant_served(self, *args, **kwargs) -> None:  # type: ignore[override]
+        for sink in self.sinks:
+            sink.variant_served(*args, **kwargs)
+
     def model_state(self, model: str, version: str, state: str) -> None:
         for sink in self.sinks:
             sink.model_state(model, version, state)

@@ -138,12 +138,32 @@ def _render_parameter(key: str, value: str) -> str:
         return f"{key}: {value}"
     lines = [f"{key}:"]
     for field, item in parsed.items():
-        if isinstance(item, list) and item and all(isinstance(row, dict) for row in item):
+        if field == "variants" and isinstance(item, dict) and isinstance(item.get("variants"), list):
+            lines += _variant_table(item)
+        elif isinstance(item, list) and item and all(isinstance(row, dict) for row in item):
             lines.append(f"  {field}:")
             lines += [f"    {json.dumps(row)}" for row in item]
         else:
             lines.append(f"  {field}: {json.dumps(item)}")
     return "\n".join(lines)
+
+
+def _variant_table(group: dict) -> list[str]:
+    """A model group: its budget, then one line per variant with accuracy, share of
+    served rows and L(b) in ms at each profiled batch size."""
+    spent, budget = group.get("accuracy_spent"), group.get("accuracy_budget")
+    lines = [f"  variants: (accuracy spent {spent} of budget {budget}, now on "
+             f"{group.get('current')}, {group.get('switches')} switches)"]
+    rows = group["variants"]
+    sizes = [entry.get("batch_size") for entry in (rows[0].get("latency_table") or [])]
+    header = f"    {'variant':<12} {'accuracy':>8} {'share':>7} {'rows':>9}  L(b) ms at b = "
+    lines.append(header + " ".join(f"{b:>6}" for b in sizes))
+    for row in rows:
+        latency = " ".join(f"{entry.get('predicted_s', 0) * 1e3:>6.3f}"
+                           for entry in row.get("latency_table") or [])
+        lines.append(f"    {str(row.get('name'))[:12]:<12} {row.get('accuracy', 0):>8.4f} "
+                     f"{row.get('share', 0):>7.2%} {row.get('rows', 0):>9}  {' ' * 15}{latency}")
+    return lines
 
 
 def _indent(text: str) -> str:

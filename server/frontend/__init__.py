@@ -60,6 +60,7 @@ class _Reply:
     klass: str
     arrival: float
     deadline: float
+    request: InferenceRequest | None = None
     finished: bool = False
 
     def done(self) -> bool:
@@ -101,7 +102,7 @@ def _signature_tuple(served) -> tuple:
 
 def _min_service_s(served) -> float:
     """L(1): a request with less time left cannot be served."""
-    return float(served.dispatcher.latency.predict(1))
+    return float(served.dispatcher.single_latency())
 
 
 def _bytes_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +232,7 @@ class NativeTransport:
 
     def _start(self, item: tuple) -> None:
         (rid, model, requested, version, inputs, outputs, rows, arrival, deadline,
-         priority, klass, request_id, shape_key, text) = item
+         priority, klass, request_id, shape_key, text, min_accuracy) = item
         metrics = self.metrics
         metrics.request_started(model, requested)
         try:
@@ -243,10 +244,10 @@ class NativeTransport:
             request = InferenceRequest(
                 model=model, version=served.version, inputs=inputs, outputs=outputs, rows=rows,
                 deadline=deadline, arrival=arrival, priority=priority, klass=klass,
-                request_id=request_id, shape_key=shape_key,
+                request_id=request_id, shape_key=shape_key, min_accuracy=min_accuracy,
             )
             reply = _Reply(self, rid, model, requested, served.version, rows, klass, arrival,
-                           deadline)
+                           deadline, request)
             served.dispatcher.enqueue(request, reply)
         except KairosError as exc:
             self._finish(model, requested, version, exc.reason, arrival, rows, klass, None)
@@ -259,7 +260,11 @@ class NativeTransport:
             self._tails[key] = (deadline, shape_key)
 
     def _answered(self, reply: _Reply, outputs: dict) -> None:
-        self._results.append((reply.rid, list(outputs.items())))
+        served_by = reply.request.served_by if reply.request is not None else ""
+        if served_by:
+            self._results.append((reply.rid, list(outputs.items()), served_by))
+        else:
+            self._results.append((reply.rid, list(outputs.items())))
         self._finish(reply.model, reply.requested, reply.version, "success", reply.arrival,
                      reply.rows, reply.klass, time.monotonic() <= reply.deadline)
         self._schedule_flush()

@@ -59,6 +59,14 @@ class MetricsSink:
         """One model execution: its rows, each request's queue time, compute time,
         and what the latency model predicted for it (None when it made no prediction)."""
 
+    def variant_served(
+        self, model: str, version: str, variant: str, requests: int, rows: int,
+        spent: float, budget: float, switches: int,
+    ) -> None:
+        """A model group's batch ran on `variant`: requests completed and rows in it, the
+        accuracy the group has spent on average against its budget, and how often its
+        variant choice has switched so far."""
+
     def model_state(self, model: str, version: str, state: str) -> None:
         """A model version changed state: READY, LOADING, UNAVAILABLE, UNLOADING, UNLOADED."""
 

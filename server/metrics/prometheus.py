@@ -174,6 +174,24 @@ class PrometheusMetrics(MetricsSink):
             "Requests the native front end refused before Python, by reason (also counted "
             "in kairos_requests_total and kairos_request_failures_total).",
             ("reason",), registry=reg)
+        mvv = (*mv, "variant")
+        self.variant_requests = Counter(
+            "kairos_variant_requests", "Requests of a model group served by each variant.",
+            mvv, registry=reg)
+        self.variant_rows = Counter(
+            "kairos_variant_rows", "Rows of a model group served by each variant (the share: "
+            "rate of one over the sum).", mvv, registry=reg)
+        self.variant_spent = Gauge(
+            "kairos_variant_accuracy_spent",
+            "Agreement a model group has given up against its reference, averaged over "
+            "recently served rows.", mv, registry=reg)
+        self.variant_budget = Gauge(
+            "kairos_variant_accuracy_budget", "The most a model group may give up on average.",
+            mv, registry=reg)
+        self.variant_switches = Counter(
+            "kairos_variant_switches", "Times a model group's variant choice switched.",
+            mv, registry=reg)
+        self._switches_seen: dict[tuple[str, str], int] = {}
         info = Gauge("kairos_build_info", "Always 1; labels say which Kairos runs.",
                      ("kairos_version",), registry=reg)
         info.labels(_kairos_version()).set(1)
@@ -308,6 +326,20 @@ class PrometheusMetrics(MetricsSink):
             )
 
     # ---- MetricsSink: model life cycle (rare) ------------------------------------------
+
+    def variant_served(
+        self, model: str, version: str, variant: str, requests: int, rows: int,
+        spent: float, budget: float, switches: int,
+    ) -> None:
+        if requests:
+            self.variant_requests.labels(model, version, variant).inc(requests)
+        self.variant_rows.labels(model, version, variant).inc(rows)
+        self.variant_spent.labels(model, version).set(spent)
+        self.variant_budget.labels(model, version).set(budget)
+        seen = self._switches_seen.get((model, version), 0)
+        if switches != seen:  # the chooser counts since load; a reload starts again at 0
+            self._switches_seen[(model, version)] = switches
+            self.variant_switches.labels(model, version).inc(max(0, switches - seen) or switches)
 
     def model_state(self, model: str, version: str, state: str) -> None:
         states = MODEL_STATES if state in MODEL_STATES else (*MODEL_STATES, state)

@@ -25,6 +25,12 @@ scheduling:
   early_refusal: null       # refuse what cannot meet its deadline; null = on for slo
   padding: {input_ids: {dim: 1, value: 0}}   # variable-length batching (scheduler/padding.py)
   padding_buckets: [16, 32, 64, 128]
+variants:                   # a model group: this model is the reference (scheduler/variants.py)
+  reference: fp32           # the name the reference is reported by (default: reference)
+  accuracy_budget: 0.01     # most agreement the group may give up on average (0..1)
+  members:                  # other models of this repository (what `kairos optimize` writes)
+    int8: {model: mlp256-int8}            # accuracy: top1_agreement of its report.json
+    pruned: {model: mlp256-pruned, accuracy: 0.97}   # or declared
 ```
 """
 
@@ -72,6 +78,20 @@ class SchedulingSettings:
 
 
 @dataclass
+class VariantMember:
+    name: str
+    model: str  # the repository model folder it is served from
+    accuracy: float | None = None  # None: read from the member's report.json
+
+
+@dataclass
+class VariantGroup:
+    reference: str = "reference"
+    accuracy_budget: float = 0.0
+    members: list[VariantMember] = field(default_factory=list)
+
+
+@dataclass
 class VersionPolicy:
     kind: str = "latest"  # latest | all | specific
     latest: int = 1
@@ -99,6 +119,45 @@ class ModelSettings:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     warmup_runs: int = 3
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+    variants: VariantGroup | None = None
+
+
+def _fraction(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{what} must be a number in [0, 1], not {value!r}")
+    return float(value)
+
+
+def _variant_group(data: Any, where: str) -> VariantGroup | None:
+    if data is None:
+        return None
+    where = f"{where}: variants"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    unknown = set(data) - {"reference", "accuracy_budget", "members"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting '{sorted(unknown)[0]}' "
+                          "(known: accuracy_budget, members, reference)")
+    reference = data.get("reference", "reference")
+    if not isinstance(reference, str) or not reference:
+        raise ConfigError(f"{where}: reference must be a name")
+    budget = _fraction(data.get("accuracy_budget", 0.0), f"{where}: accuracy_budget")
+    members = data.get("members")
+    if not isinstance(members, dict) or not members:
+        raise ConfigError(f"{where}: members must map variant names to {{model: NAME}}")
+    group = VariantGroup(reference, budget)
+    for name, spec in members.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("model"), str):
+            raise ConfigError(f"{where}: member '{name}' needs model: <a model of this repository>")
+        if set(spec) - {"model", "accuracy"}:
+            raise ConfigError(f"{where}: member '{name}': known settings are model and accuracy")
+        accuracy = spec.get("accuracy")
+        if accuracy is not None:
+            accuracy = _fraction(accuracy, f"{where}: member '{name}': accuracy")
+        if name == reference:
+            raise ConfigError(f"{where}: member '{name}' has the reference's name")
+        group.members.append(VariantMember(str(name), spec["model"], accuracy))
+    return group
 
 
 def _version_policy(value: Any, where: str) -> VersionPolicy:
@@ -144,12 +203,14 @@ def parse_settings(data: dict | None, where: str = "config") -> ModelSettings:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
     policy = _version_policy(data.pop("version_policy", None), where)
+    variants = _variant_group(data.pop("variants", None), where)
     scheduling_data = data.pop("scheduling", None) or {}
     if not isinstance(scheduling_data, dict):
         raise ConfigError(f"{where}: 'scheduling' must be a mapping")
     scheduling = SchedulingSettings(**_typed(SchedulingSettings, scheduling_data, f"{where}: scheduling"))
     values = _typed(ModelSettings, data, where)
-    settings = ModelSettings(**values, version_policy=policy, scheduling=scheduling)
+    settings = ModelSettings(**values, version_policy=policy, scheduling=scheduling,
+                             variants=variants)
     _validate(settings, where)
     return settings
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -23,7 +24,7 @@ from ..backend.onnx_backend import ModelLoadError, OnnxBackend
 from ..errors import InvalidInput, KairosError, ModelNotFound, ModelUnavailable, short
 from ..metrics import NULL_METRICS, MetricsSink
 from ..types import ModelSignature
-from .config import ConfigError, ModelSettings, load_settings
+from .config import ConfigError, ModelSettings, VariantGroup, VariantMember, load_settings
 
 log = logging.getLogger("kairos.repository")
 
@@ -216,6 +217,12 @@ class ModelRepository:
             raise ModelLoadError(f"{MODEL_FILE} points outside the model repository")
         backend = OnnxBackend(folder / MODEL_FILE, settings, label=f"{name}/{version}")
         backend.warm_up(settings.warmup_runs)
+        group = {}
+        if settings.variants is not None:
+            group = {
+                "variants": self._variant_runners(name, settings.variants, backend),
+                "accuracy_budget": settings.variants.accuracy_budget,
+            }
         dispatcher = self._factory(
             model=name,
             version=version,
@@ -223,6 +230,7 @@ class ModelRepository:
             settings=settings.scheduling,
             max_batch_size=backend.signature.max_batch_size,
             metrics=self.metrics,
+            **group,
         )
         dispatcher.prepare()
         seconds = time.monotonic() - started
@@ -231,6 +239,28 @@ class ModelRepository:
         self.metrics.model_state(name, version, "READY")
         log.info("loaded %s version %s on %s in %.2fs", name, version, backend.provider, seconds)
         return ServedVersion(name, version, backend, dispatcher, settings, seconds)
+
+    def _variant_runners(
+        self, name: str, group: VariantGroup, reference: OnnxBackend
+    ) -> list[tuple[str, float, OnnxBackend]]:
+        """(name, accuracy, backend) of a model group: the reference, then each member
+        loaded from its own model folder (latest version, its own config)."""
+        runners = [(group.reference, 1.0, reference)]
+        for member in group.members:
+            folder = self._model_dir(member.model)
+            if member.model == name or not folder.is_dir():
+                raise ModelLoadError(f"variant '{member.name}': no other model '{member.model}' "
+                                     "in the repository")
+            settings = load_settings(folder)
+            versions = self._versions_on_disk(folder)
+            if not versions:
+                raise ModelLoadError(f"variant '{member.name}': {member.model} has no version folder")
+            path = folder / str(max(versions)) / MODEL_FILE
+            backend = OnnxBackend(path, settings, label=f"{name}:{member.name}")
+            _check_same_signature(member.name, reference, backend)
+            backend.warm_up(settings.warmup_runs)
+            runners.append((member.name, _member_accuracy(member, folder), backend))
+        return runners
 
     def _changed(self, name: str) -> None:
         for listener in self.listeners:
@@ -334,6 +364,31 @@ class ModelRepository:
         if ready_only:
             entries = [e for e in entries if e.state == "READY"]
         return entries
+
+
+def _member_accuracy(member: VariantMember, folder: Path) -> float:
+    """Declared, else the top-1 agreement `kairos optimize` measured (report.json)."""
+    if member.accuracy is not None:
+        return member.accuracy
+    report = folder / "report.json"
+    try:
+        agreement = json.loads(report.read_text()).get("top1_agreement")
+    except (OSError, ValueError, AttributeError):
+        agreement = None
+    if not isinstance(agreement, int | float) or not 0.0 <= agreement <= 1.0:
+        raise ModelLoadError(f"variant '{member.name}': no accuracy declared and no top1_agreement "
+                             f"in {member.model}/report.json (run kairos optimize report)")
+    return float(agreement)
+
+
+def _check_same_signature(name: str, reference: OnnxBackend, member: OnnxBackend) -> None:
+    """A variant answers the same requests: same inputs and outputs (names, types, shapes)."""
+    ours, theirs = reference.signature, member.signature
+    if (ours.inputs, ours.outputs) != (theirs.inputs, theirs.outputs):
+        raise ModelLoadError(f"variant '{name}' has other inputs or outputs than the reference")
+    if ours.max_batch_size != theirs.max_batch_size:
+        raise ModelLoadError(f"variant '{name}' batches differently (max_batch_size "
+                             f"{theirs.max_batch_size}, reference {ours.max_batch_size})")
 
 
 async def _maybe_await(hook: Callable[[], Any] | None) -> None:

@@ -85,12 +85,15 @@ class AsyncDispatcher:
         profile: bool = True,
         profile_budget_s: float = 2.0,
         padding: Padding | None = None,
+        variant_runners: list[BatchRunner] | None = None,
     ):
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {', '.join(EXECUTION_MODES)}, not {execution!r}")
         self.model = model
         self.version = version
         self.runner = runner
+        # A model group: the runner of each variant, the reference (`runner`) first.
+        self.runners = [runner, *(variant_runners or [])]
         self.core = core
         self.latency: LatencyModel = core.latency
         self.metrics = metrics
@@ -123,25 +126,39 @@ class AsyncDispatcher:
         if not self.profile:
             return
         started = time.perf_counter()
-        for rows in self.latency.buckets:
-            self._profile_size(rows)
-            if time.perf_counter() - started > self.profile_budget_s:
-                log.info("%s/%s: profiling budget spent at batch %d", self.model, self.version, rows)
-                break
+        variants = self.core.variants
+        latencies = [v.latency for v in variants.variants] if variants else [self.latency]
+        # each variant gets its share of the budget
+        budget = self.profile_budget_s / len(latencies)
+        for runner, latency in zip(self.runners, latencies, strict=True):
+            begun = time.perf_counter()
+            for rows in latency.buckets:
+                self._profile_size(rows, runner, latency)
+                if time.perf_counter() - begun > budget:
+                    log.info("%s/%s: profiling budget spent at batch %d", self.model, self.version, rows)
+                    break
         self.profile_s = time.perf_counter() - started
 
-    def _profile_size(self, rows: int) -> None:
-        inputs = self.runner.example_inputs(rows)
-        self.runner.run(inputs, None)  # first run of a shape allocates; not a sample
+    def single_latency(self) -> float:
+        """L(1) of the fastest variant (of the model itself when it is no group): a
+        request with less time left cannot be served."""
+        variants = self.core.variants
+        if variants is None:
+            return self.latency.predict(1)
+        return min(v.latency.predict(1) for v in variants.variants)
+
+    def _profile_size(self, rows: int, runner: BatchRunner, latency: LatencyModel) -> None:
+        inputs = runner.example_inputs(rows)
+        runner.run(inputs, None)  # first run of a shape allocates; not a sample
         spent = 0.0
         for run in range(PROFILE_MAX_RUNS):
             if run >= PROFILE_MIN_RUNS and spent > PROFILE_SIZE_BUDGET_S:
                 break
             t0 = self.clock.now()
-            self.runner.run(inputs, None)
+            runner.run(inputs, None)
             elapsed = self.clock.now() - t0
             spent += elapsed
-            self.latency.observe(rows, elapsed)
+            latency.observe(rows, elapsed)
 
     async def start(self) -> None:
         """Bind to the running loop (optional: `submit` binds lazily too)."""
@@ -375,7 +392,7 @@ class AsyncDispatcher:
                     names = None  # mixed requests: run every output, filter per request
                     break
         try:
-            outputs = self.runner.run(inputs, names)
+            outputs = self.runners[batch.variant].run(inputs, names)
         except Exception as exc:  # noqa: BLE001 - whatever the model raises is the model's failure
             raise ModelFailed(exc) from exc
         return outputs, self.clock.now() - t0
@@ -389,7 +406,10 @@ class AsyncDispatcher:
         now = self.clock.now()
         self._last_activity = now  # a loop blocked by an inline run is not quiet
         complete = self.core.finish(batch, now, compute)
+        variants = self.core.variants
+        served_by = variants.variants[batch.variant].name if variants is not None else ""
         for ticket in complete:
+            ticket.request.served_by = served_by
             future = ticket.waiter
             if future is not None and not future.done():
                 future.set_result(_assemble(ticket.parts))
@@ -402,6 +422,11 @@ class AsyncDispatcher:
             compute,
             batch.predicted if batch.predicted > 0 else None,  # 0: nothing learned yet
         )
+        if variants is not None:
+            self.metrics.variant_served(
+                self.model, self.version, served_by, len(complete), batch.rows,
+                variants.spent(), variants.budget, variants.switches,
+            )
 
     @staticmethod
     def _split(batch: Batch, outputs: dict[str, np.ndarray], padding: Padding | None = None) -> None:
@@ -465,7 +490,7 @@ class AsyncDispatcher:
         idle server never calls a request hopeless (the core's probe relearns L(1))."""
         if budget_s <= 0:
             return True
-        return self.core.queued_requests > 0 and budget_s < self.latency.predict(1)
+        return self.core.queued_requests > 0 and budget_s < self.single_latency()
 
     def describe(self) -> dict[str, Any]:
         info = self.core.describe()

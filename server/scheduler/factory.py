@@ -9,6 +9,7 @@ from .dispatcher import AsyncDispatcher
 from .interface import BatchRunner, Clock
 from .latency import LatencyModel
 from .padding import Padding
+from .variants import Variant, VariantChooser
 
 
 def make_dispatcher(
@@ -20,10 +21,24 @@ def make_dispatcher(
     max_batch_size: int,
     metrics: MetricsSink,
     clock: Clock | None = None,
+    variants: list[tuple[str, float, BatchRunner]] | None = None,
+    accuracy_budget: float = 0.0,
 ) -> AsyncDispatcher:
     """A dispatcher for one model version. Call `prepare()` (blocking: profiles L(b))
-    in a loader thread, then `await start()`, and `await close()` on unload."""
+    in a loader thread, then `await start()`, and `await close()` on unload.
+
+    variants: a model group, (name, accuracy against the reference, runner) per
+    variant, the reference (`runner`) first; each gets an L(b) of its own."""
     latency = LatencyModel(max_batch_size, quantile=settings.latency_quantile)
+    chooser = None
+    if variants:
+        variants = [variants[0], *sorted(variants[1:], key=lambda v: -v[1])]
+        chooser = VariantChooser(
+            [Variant(variants[0][0], variants[0][1], latency)]
+            + [Variant(name, accuracy, LatencyModel(max_batch_size, quantile=settings.latency_quantile))
+               for name, accuracy, _ in variants[1:]],
+            accuracy_budget,
+        )
     execution = getattr(settings, "execution", "auto")
     # Inline runs occupy the event-loop thread: there is only ever one at a time.
     executors = 1 if execution == "inline" else settings.executors
@@ -42,6 +57,7 @@ def make_dispatcher(
         # except when everything is asked to run on the event loop
         background_batch=execution != "inline",
         busy_hold_s=getattr(settings, "busy_hold_ms", 0.0) / 1e3,
+        variants=chooser,
     )
     padding = None
     if getattr(settings, "padding", None):
@@ -59,4 +75,5 @@ def make_dispatcher(
         profile=settings.profile,
         profile_budget_s=getattr(settings, "profile_budget_s", 2.0),
         padding=padding,
+        variant_runners=[r for _, _, r in variants[1:]] if variants else None,
     )

@@ -56,6 +56,10 @@ STATUS_OF: dict[type[KairosError], grpc.StatusCode] = {
 EXTENSIONS = ["model_repository", "model_configuration", "statistics", "schedule_policy"]
 # Request parameters Kairos reads; others are accepted and ignored, as V2 servers do.
 BATCH_CLASS_PARAMETER = "kairos_class"
+# A request's floor on the accuracy of the model-group variant that serves it, and the
+# response parameter naming the variant that did.
+MIN_ACCURACY_PARAMETER = "kairos_min_accuracy"
+VARIANT_PARAMETER = "kairos_variant"
 STREAM_WINDOW = 1024  # requests in flight per stream before reading pauses
 
 
@@ -408,6 +412,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 model_name=name, model_version=served.version, id=request.id
             )
             codec.fill_response_outputs(response, result)
+            if inference.served_by:
+                response.parameters[VARIANT_PARAMETER].string_param = inference.served_by
             return response
         except KairosError as exc:
             outcome = exc.reason
@@ -456,6 +462,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise LimitExceeded(f"{rows} rows in one request; this server accepts at most {limit}")
         outputs = validate_outputs(signature, [o.name for o in request.outputs])
         timeout_us, priority, klass = _read_parameters(request.parameters)
+        min_accuracy = _min_accuracy(request.parameters)
         return InferenceRequest(
             model=served.model,
             version=served.version,
@@ -468,6 +475,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             klass=klass,
             request_id=request.id,
             shape_key=shape_key,
+            min_accuracy=min_accuracy,
         )
 
     def _deadline(
@@ -551,6 +559,21 @@ def _read_parameters(parameters) -> tuple[int | None, int, str]:
             )
         klass = value
     return timeout_us, priority, klass
+
+
+def _min_accuracy(parameters) -> float:
+    """The `kairos_min_accuracy` floor (a number in [0, 1]); 0 when absent."""
+    if not parameters or MIN_ACCURACY_PARAMETER not in parameters:
+        return 0.0
+    parameter = parameters[MIN_ACCURACY_PARAMETER]
+    choice = parameter.WhichOneof("parameter_choice")
+    value = getattr(parameter, choice) if choice in ("double_param", "int64_param", "uint64_param") else None
+    if value is None or not 0.0 <= value <= 1.0:
+        shown = choice or "unset" if value is None else repr(value)
+        raise InvalidInput(
+            f"parameter '{MIN_ACCURACY_PARAMETER}' must be a number in [0, 1] (double_param), not {shown}"
+        )
+    return float(value)
 
 
 def _int_parameter(parameter: pb.InferParameter, name: str) -> int:

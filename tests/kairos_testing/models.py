@@ -105,3 +105,33 @@ def standard_repository(repo: Path) -> Path:
     write_model(repo, "fixed", fixed_shape())
     write_model(repo, "broken", b"this is not an onnx model")
     return repo
+
+
+GROUP_CONFIG = """max_batch_size: 64
+scheduling: {profile_budget_s: 0.4}
+variants:
+  reference: fp32
+  accuracy_budget: 0.02
+  members:
+    int8: {model: mlp-int8}
+    pruned: {model: mlp-pruned, accuracy: 0.9}
+"""
+
+
+def model_group_repository(repo: Path, agreement: float = 0.99) -> Path:
+    """A model group `mlp` {fp32 reference, static int8 (its agreement in report.json, as
+    `kairos optimize` writes it), a declared "pruned" member}; the members are also
+    served under their own names."""
+    import json
+
+    import numpy as np
+    from kairos.server.demo_models import build_mlp, quantize_int8
+
+    fp32 = write_model(repo, "mlp", build_mlp((32, 64, 10), seed=7), config=GROUP_CONFIG)
+    int8 = repo / "mlp-int8" / "1" / "model.onnx"
+    int8.parent.mkdir(parents=True)
+    calibration = np.random.default_rng(0).standard_normal((32, 32)).astype(np.float32)
+    quantize_int8(fp32, int8, calibration, "input")
+    (repo / "mlp-int8" / "report.json").write_text(json.dumps({"top1_agreement": agreement}))
+    write_model(repo, "mlp-pruned", build_mlp((32, 64, 10), seed=8))
+    return repo

@@ -6,12 +6,15 @@ use crate::pb::InferParameter;
 use std::collections::HashMap;
 
 pub const BATCH_CLASS_PARAMETER: &str = "kairos_class";
+/// A floor on the accuracy of the model-group variant that may serve the request.
+pub const MIN_ACCURACY_PARAMETER: &str = "kairos_min_accuracy";
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Parameters {
     pub timeout_us: Option<i64>,
     pub priority: i64,
     pub batch_class: bool,
+    pub min_accuracy: f64,
 }
 
 fn choice_name(choice: &Option<ParameterChoice>) -> &'static str {
@@ -36,7 +39,26 @@ fn integer(parameter: &InferParameter, name: &str) -> Result<i64, Refusal> {
     }
 }
 
-/// (timeout, priority, class) from the request parameters; others are ignored, as V2
+fn fraction(parameter: &InferParameter, name: &str) -> Result<f64, Refusal> {
+    let value = match &parameter.parameter_choice {
+        Some(ParameterChoice::DoubleParam(v)) => Some(*v),
+        Some(ParameterChoice::Int64Param(v)) => Some(*v as f64),
+        Some(ParameterChoice::Uint64Param(v)) => Some(*v as f64),
+        _ => None,
+    };
+    match value {
+        Some(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Some(v) => Err(Refusal::invalid(format!(
+            "parameter '{name}' must be a number in [0, 1] (double_param), not {v}"
+        ))),
+        None => Err(Refusal::invalid(format!(
+            "parameter '{name}' must be a number in [0, 1] (double_param), not {}",
+            choice_name(&parameter.parameter_choice)
+        ))),
+    }
+}
+
+/// (timeout, priority, class, accuracy floor) from the request parameters; others are ignored, as V2
 /// servers do.
 pub fn read_parameters(
     parameters: &HashMap<String, InferParameter>,
@@ -59,6 +81,9 @@ pub fn read_parameters(
             )));
         }
         out.priority = priority;
+    }
+    if let Some(p) = parameters.get(MIN_ACCURACY_PARAMETER) {
+        out.min_accuracy = fraction(p, MIN_ACCURACY_PARAMETER)?;
     }
     if let Some(p) = parameters.get(BATCH_CLASS_PARAMETER) {
         out.batch_class = match &p.parameter_choice {
@@ -145,6 +170,12 @@ mod tests {
         }
     }
 
+    fn double(v: f64) -> InferParameter {
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::DoubleParam(v)),
+        }
+    }
+
     fn text(v: &str) -> InferParameter {
         InferParameter {
             parameter_choice: Some(ParameterChoice::StringParam(v.into())),
@@ -182,6 +213,7 @@ mod tests {
         p.insert("timeout".to_string(), int(5000));
         p.insert("priority".to_string(), int(2));
         p.insert("kairos_class".to_string(), text("batch"));
+        p.insert("kairos_min_accuracy".to_string(), double(0.5));
         p.insert("other".to_string(), text("ignored"));
         let read = read_parameters(&p).unwrap_or_default();
         assert_eq!(
@@ -189,7 +221,8 @@ mod tests {
             Parameters {
                 timeout_us: Some(5000),
                 priority: 2,
-                batch_class: true
+                batch_class: true,
+                min_accuracy: 0.5,
             }
         );
         for (key, value, expected) in [
@@ -200,6 +233,16 @@ mod tests {
                 "must be an integer (int64_param), not string_param",
             ),
             ("priority", int(-1), "must be >= 0"),
+            (
+                "kairos_min_accuracy",
+                double(1.5),
+                "in [0, 1] (double_param), not 1.5",
+            ),
+            (
+                "kairos_min_accuracy",
+                text("high"),
+                "in [0, 1] (double_param), not string_param",
+            ),
             (
                 "kairos_class",
                 text("urgent"),

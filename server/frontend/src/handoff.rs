@@ -87,6 +87,7 @@ pub struct InferArrival {
     pub deadline: f64,
     pub priority: i64,
     pub batch_class: bool,
+    pub min_accuracy: f64,
     pub request_id: String,
 }
 
@@ -302,6 +303,7 @@ mod tests {
             deadline: 1.0,
             priority: 0,
             batch_class: false,
+            min_accuracy: 0.0,
             request_id: String::new(),
         }
     }

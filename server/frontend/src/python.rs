@@ -169,7 +169,7 @@ fn arrival_object<'py>(py: Python<'py>, arrival: InferArrival) -> PyResult<Bound
     } else {
         "online"
     };
-    let items: [Bound<'py, PyAny>; 14] = [
+    let items: [Bound<'py, PyAny>; 15] = [
         arrival.rid.into_pyobject(py)?.into_any(),
         PyString::new(py, &arrival.model).into_any(),
         PyString::new(py, &arrival.requested_version).into_any(),
@@ -184,6 +184,7 @@ fn arrival_object<'py>(py: Python<'py>, arrival: InferArrival) -> PyResult<Bound
         PyString::new(py, &arrival.request_id).into_any(),
         key.into_any(),
         pyo3::types::PyBool::new(py, text).to_owned().into_any(),
+        arrival.min_accuracy.into_pyobject(py)?.into_any(),
     ];
     PyTuple::new(py, items)
 }
@@ -272,7 +273,7 @@ fn encode_outputs(outputs: &Bound<'_, PyAny>) -> PyResult<Outputs> {
         tensors.push(tensor);
         raws.push(raw);
     }
-    Ok((tensors, raws))
+    Ok((tensors, raws, None))
 }
 
 fn code_of(value: i32) -> Code {
@@ -455,7 +456,8 @@ impl Frontend {
 
     /// Everything that arrived since the last call: (inferences, calls, refusals).
     /// inference: (rid, model, requested version, version, inputs, outputs, rows,
-    /// arrival, deadline, priority, class, id, shape key, has BYTES inputs);
+    /// arrival, deadline, priority, class, id, shape key, has BYTES inputs, accuracy
+    /// floor);
     /// call: (rid, method, encoded request); refusal: (model, version, reason,
     /// class, count) for those refused natively.
     fn take<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
@@ -495,7 +497,8 @@ impl Frontend {
         )
     }
 
-    /// Results: (rid, [(name, array), ...]) for an answer, (rid, None, code, message)
+    /// Results: (rid, [(name, array), ...]) or (rid, [...], variant name or None) for an
+    /// answer, (rid, None, code, message)
     /// for a failure (code: the gRPC status number). Returns how many were encoded.
     fn complete(&self, results: &Bound<'_, PyList>) -> PyResult<usize> {
         let mut done = 0;
@@ -509,7 +512,13 @@ impl Frontend {
                 Err(Refusal::new(code, reason_of(code), message))
             } else {
                 match encode_outputs(&outputs) {
-                    Ok(encoded) => Ok(encoded),
+                    Ok(mut encoded) => {
+                        // (rid, outputs, variant): the model-group variant that served it
+                        if item.len() > 2 {
+                            encoded.2 = item.get_item(2)?.extract()?;
+                        }
+                        Ok(encoded)
+                    }
                     Err(e) => Err(Refusal::internal(format!("cannot encode the outputs: {e}"))),
                 }
             };
@@ -566,7 +575,7 @@ fn encode_response<'py>(
     py: Python<'py>,
     outputs: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let (tensors, raw) = encode_outputs(outputs)?;
+    let (tensors, raw, _) = encode_outputs(outputs)?;
     let response = crate::pb::ModelInferResponse {
         outputs: tensors,
         raw_output_contents: raw,

@@ -259,6 +259,7 @@ impl Service {
             deadline,
             priority: parameters.priority,
             batch_class: parameters.batch_class,
+            min_accuracy: parameters.min_accuracy,
             request_id: std::mem::take(&mut request.id),
         })
     }
@@ -560,16 +561,33 @@ impl GrpcInferenceService for Service {
 }
 
 /// A batch's outputs for one request, encoded: tensor metadata and raw contents.
-pub type Outputs = (Vec<model_infer_response::InferOutputTensor>, Vec<Vec<u8>>);
+/// Encoded outputs, raw contents, and the model-group variant that served them.
+pub type Outputs = (
+    Vec<model_infer_response::InferOutputTensor>,
+    Vec<Vec<u8>>,
+    Option<String>,
+);
+
+/// The response parameter naming the model-group variant that served a request.
+pub const VARIANT_PARAMETER: &str = "kairos_variant";
 
 fn response(model: String, version: String, id: String, outputs: Outputs) -> ModelInferResponse {
+    let mut parameters = std::collections::HashMap::new();
+    if let Some(variant) = outputs.2 {
+        parameters.insert(
+            VARIANT_PARAMETER.to_string(),
+            InferParameter {
+                parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(variant)),
+            },
+        );
+    }
     ModelInferResponse {
         model_name: model,
         model_version: version,
         id,
         outputs: outputs.0,
         raw_output_contents: outputs.1,
-        ..Default::default()
+        parameters,
     }
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from kairos.server.repository.config import (
     ConfigError,
@@ -70,3 +72,33 @@ def test_list_settings_with_a_default_factory_parse():
     """preferred_batch_sizes (a default_factory list) was refused as '_MISSING_TYPE'."""
     assert parse_settings({"scheduling": {"preferred_batch_sizes": [8, 16]}}).scheduling \
         .preferred_batch_sizes == [8, 16]
+
+
+def test_a_model_group_is_read_with_its_members():
+    from kairos.server.repository.config import parse_settings
+
+    settings = parse_settings({"variants": {
+        "reference": "fp32", "accuracy_budget": 0.01,
+        "members": {"int8": {"model": "m-int8"}, "pruned": {"model": "m-pruned", "accuracy": 0.97}}}})
+    group = settings.variants
+    assert (group.reference, group.accuracy_budget) == ("fp32", 0.01)
+    assert [(m.name, m.model, m.accuracy) for m in group.members] == [
+        ("int8", "m-int8", None), ("pruned", "m-pruned", 0.97)]
+    assert parse_settings({}).variants is None
+
+
+@pytest.mark.parametrize("variants,message", [
+    ("int8", "must be a mapping"),
+    ({"members": {}}, "members must map"),
+    ({"members": {"a": {"model": "x"}}, "accuracy_budget": 2}, "accuracy_budget must be a number in [0, 1]"),
+    ({"members": {"a": {"model": "x", "accuracy": "high"}}}, "accuracy must be a number"),
+    ({"members": {"a": {"path": "x"}}}, "needs model"),
+    ({"members": {"a": {"model": "x", "speed": 2}}}, "known settings are model and accuracy"),
+    ({"members": {"reference": {"model": "x"}}}, "has the reference's name"),
+    ({"members": {"a": {"model": "x"}}, "budget": 0.1}, "unknown setting 'budget'"),
+])
+def test_a_bad_model_group_is_named(variants, message):
+    from kairos.server.repository.config import ConfigError, parse_settings
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_settings({"variants": variants}, "m/config.yaml")

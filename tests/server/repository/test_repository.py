@@ -166,3 +166,36 @@ def test_config_max_batch_size_overrides_the_default(tmp_path):
         await repository.close()
 
     run(scenario())
+
+
+def test_a_model_group_whose_members_do_not_fit_is_unavailable_with_reason(tmp_path):
+    def group(name: str, member: str, accuracy: str = ", accuracy: 0.9") -> None:
+        config = f"variants:\n  members:\n    fast: {{model: {member}{accuracy}}}\n"
+        write_model(tmp_path, name, identity(), config=config)
+
+    write_model(tmp_path, "other-shape", identity(width=8))
+    write_model(tmp_path, "same", identity())
+    group("missing", "nowhere")
+    group("itself", "itself")
+    group("mismatch", "other-shape")
+    group("no-accuracy", "same", accuracy="")
+    group("good", "same")
+
+    async def scenario():
+        repository = ModelRepository(tmp_path)
+        await repository.load_all()
+        entries = {e.name: e for e in repository.index()}
+        for name, reason in [
+            ("missing", "no other model 'nowhere'"),
+            ("itself", "no other model 'itself'"),
+            ("mismatch", "other inputs or outputs"),
+            ("no-accuracy", "no top1_agreement in same/report.json"),
+        ]:
+            assert entries[name].state == "UNAVAILABLE", name
+            assert reason in entries[name].reason, entries[name].reason
+        served = repository.resolve("good")
+        names = [v["name"] for v in served.dispatcher.describe()["variants"]["variants"]]
+        assert names == ["reference", "fast"]
+        await repository.close()
+
+    run(scenario())
