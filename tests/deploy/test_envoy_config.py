@@ -60,6 +60,9 @@ def test_what_the_config_promises() -> None:
     (check,) = cluster["health_checks"]
     assert check["grpc_health_check"]["service_name"] == "inference.GRPCInferenceService"
     assert cluster["outlier_detection"]["consecutive_gateway_failure"] >= 1
+    # Ejections and health changes reach the load balancer at once, not up to 1 s later.
+    assert cluster["common_lb_config"]["update_merge_window"] == "0s"
+    assert cluster["common_lb_config"]["healthy_panic_threshold"]["value"] == 0
     assert len(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 3
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
         "typed_config"]
