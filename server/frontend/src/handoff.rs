@@ -160,6 +160,10 @@ pub struct Shared {
     eventfd: libc::c_int,
     pub draining: AtomicBool,
     pub ready: AtomicBool,
+    /// The start-up load is done (set with the first `ready`, never cleared). Until
+    /// then the table may not list a model that is on its way, so a name it does not
+    /// know is UNAVAILABLE (retry elsewhere, or later), not NOT_FOUND.
+    pub started: AtomicBool,
     pub refusals: Mutex<RefusalCounts>,
     pub open_streams: AtomicUsize,
     pub closing_streams: AtomicBool,
@@ -185,6 +189,7 @@ impl Shared {
             eventfd: fd,
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             refusals: Mutex::new(HashMap::new()),
             open_streams: AtomicUsize::new(0),
             closing_streams: AtomicBool::new(false),

@@ -429,8 +429,12 @@ impl Frontend {
         }
     }
 
-    /// ServerReady and health (SERVING / NOT_SERVING).
+    /// ServerReady and health (SERVING / NOT_SERVING). The first `ready` also ends
+    /// start-up: from then on a model name the table does not know is NOT_FOUND.
     fn set_ready(&self, py: Python<'_>, ready: bool) {
+        if ready {
+            self.shared.started.store(true, Ordering::Release);
+        }
         self.shared.ready.store(ready, Ordering::Release);
         py.detach(|| self.with_running(|r| r.set_health(ready)));
     }

@@ -109,6 +109,9 @@ pub fn start(options: Options) -> Result<Running, Box<dyn std::error::Error + Se
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let (health, health_service) = tonic_health::server::health_reporter();
+    // tonic's reporter starts with "" SERVING: NOT_SERVING before the listener serves,
+    // so no probe sees a server that has not loaded its models as healthy.
+    set_health(&runtime, &health, false);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::INFERENCE_DESCRIPTOR)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -148,31 +151,34 @@ pub fn start(options: Options) -> Result<Running, Box<dyn std::error::Error + Se
             let _ = stopped.await;
         }))
     };
-    let running = Running {
+    Ok(Running {
         runtime,
         shared,
         port,
         health,
         stop: Some(stop),
         task: Some(task),
+    })
+}
+
+/// Health for the whole server ("") and the inference service.
+fn set_health(runtime: &Runtime, health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
     };
-    running.set_health(false);
-    Ok(running)
+    let health = health.clone();
+    runtime.block_on(async move {
+        health.set_service_status("", status).await;
+        health.set_service_status(SERVICE_NAME, status).await;
+    });
 }
 
 impl Running {
     /// Health for the whole server ("") and the inference service.
     pub fn set_health(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        let health = self.health.clone();
-        self.runtime.block_on(async move {
-            health.set_service_status("", status).await;
-            health.set_service_status(SERVICE_NAME, status).await;
-        });
+        set_health(&self.runtime, &self.health, serving);
     }
 
     /// Graceful stop: GOAWAY to every connection, wait for the requests they carry

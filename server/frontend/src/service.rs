@@ -107,6 +107,13 @@ impl Service {
                     short(name)
                 )));
             }
+            if !self.shared.started.load(Ordering::Acquire) {
+                // Still loading the repository: the model may be on its way.
+                return Err(Refusal::unavailable(format!(
+                    "server is starting: model '{}' is not loaded yet",
+                    short(name)
+                )));
+            }
             return Err(Refusal::not_found(format!(
                 "unknown model '{}'",
                 short(name)
@@ -630,5 +637,72 @@ pub fn deliver(shared: &Shared, rid: u64, reply: Result<Outputs, Refusal>) {
 pub fn deliver_call(shared: &Shared, rid: u64, reply: Result<Vec<u8>, Status>) {
     if let Some(Waiter::Call(tx)) = shared.waiter(rid) {
         let _ = tx.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::ModelEntry;
+    use crate::validate::Signature;
+
+    fn service() -> Service {
+        Service {
+            shared: Arc::new(Shared::new().expect("an eventfd")),
+            config: Arc::new(Config {
+                default_slo_s: 1.0,
+                max_rows_per_request: 0,
+                max_streams: 0,
+                max_queued: 0,
+                tokens: Vec::new(),
+            }),
+        }
+    }
+
+    fn publish(service: &Service, name: &str, version: &str) {
+        let signature = Signature {
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            max_batch_size: 0,
+        };
+        let mut entry = ModelEntry {
+            latest: Some(version.into()),
+            ..Default::default()
+        };
+        let value = VersionEntry::new(version.into(), signature, None);
+        entry.versions.insert(version.into(), Arc::new(value));
+        service.shared.models.write().insert(name.into(), entry);
+    }
+
+    fn code(service: &Service, name: &str) -> tonic::Code {
+        match service.resolve(name, "") {
+            Ok(_) => tonic::Code::Ok,
+            Err(refusal) => refusal.code,
+        }
+    }
+
+    #[test]
+    fn an_unknown_model_is_unavailable_until_start_up_ends_then_not_found() {
+        let service = service();
+        // Listening, models not yet published: the model may be on its way.
+        assert_eq!(code(&service, "mlp"), tonic::Code::Unavailable);
+        let refusal = service.resolve("mlp", "").err();
+        assert!(refusal.is_some_and(|r| r.message.contains("server is starting")));
+        publish(&service, "mlp", "1");
+        assert_eq!(code(&service, "mlp"), tonic::Code::Ok);
+        assert_eq!(code(&service, "other"), tonic::Code::Unavailable);
+        // The start-up load is done: a name nobody published does not exist.
+        service.shared.started.store(true, Ordering::Release);
+        assert_eq!(code(&service, "other"), tonic::Code::NotFound);
+        assert_eq!(code(&service, "mlp"), tonic::Code::Ok);
+        // Draining (not ready again) keeps it NOT_FOUND: start-up is over.
+        service.shared.ready.store(false, Ordering::Release);
+        assert_eq!(code(&service, "other"), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn an_invalid_name_is_invalid_even_during_start_up() {
+        let service = service();
+        assert_eq!(code(&service, "../etc"), tonic::Code::InvalidArgument);
     }
 }
