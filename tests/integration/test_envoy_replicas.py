@@ -222,12 +222,17 @@ def test_sigkill_fails_only_requests_in_flight_and_none_after_ejection(cluster: 
     on_victim = cluster.envoy.hosts()[victim.grpc_port]["stats"].get("rq_active", 0)
     killed = time.monotonic()
     victim.signal(signal.SIGKILL)
+    events = [("SIGKILL", victim.grpc_port, killed)]
     ejected = wait_until(lambda: not cluster.envoy.healthy(victim.grpc_port), 10,
                          "Envoy to eject the killed replica")
+    events.append(("ejection", victim.grpc_port, ejected))
     victim.wait_exit(10)
+    events.append(("exited", victim.grpc_port, time.monotonic()))
     load.wait_for_ok(100)  # served by the two others
+    events.append(("restart", victim.grpc_port, time.monotonic()))
     victim.start()
     victim.wait_ready()
+    events.append(("ready", victim.grpc_port, time.monotonic()))
     in_rotation(cluster, victim)
     records = load.finish()
     failed = failures(records)
@@ -237,6 +242,7 @@ def test_sigkill_fails_only_requests_in_flight_and_none_after_ejection(cluster: 
         "active on the victim (Envoy, just before)": on_victim,
         "failed": len(failed), "ejected after (ms)": round((ejected - killed) * 1000),
         **delta(envoy_stats(cluster.envoy), stats)})
+    print("\n".join(explain(failed, events)))
     assert all(r.start <= killed for r in failed), "a request sent after the kill failed"
     assert len(failed) <= len(in_flight)
     assert not [r for r in failed if r.start >= ejected]
