@@ -111,6 +111,11 @@ class OnnxBackend:
         self._output_names = [spec.name for spec in self.signature.outputs]
         self._string_inputs = {s.name for s in self.signature.inputs if s.datatype == "BYTES"}
 
+    @property
+    def threads_per_run(self) -> int:
+        """Cores one run uses (intra-op threads; 0: onnxruntime's default, every core)."""
+        return self.settings.intra_op_threads
+
     def _create_session(self) -> ort.InferenceSession:
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path.name} not found")

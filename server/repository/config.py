@@ -23,6 +23,7 @@ scheduling:
   execution: auto           # auto | inline | thread: where batches run
   inline_max_ms: 2          # auto: batches predicted this short run on the event loop
   early_refusal: null       # refuse what cannot meet its deadline; null = on for slo
+  batch_threads: 0          # batch-class pieces side by side; 0 = cores / intra_op_threads
   padding: {input_ids: {dim: 1, value: 0}}   # variable-length batching (scheduler/padding.py)
   padding_buckets: [16, 32, 64, 128]
 variants:                   # a model group: this model is the reference (scheduler/variants.py)
@@ -70,6 +71,9 @@ class SchedulingSettings:
     early_refusal: bool | None = None
     # Longest time the load-time profiling sweep of L(b) may take.
     profile_budget_s: float = 2.0
+    # Batch-class pieces run side by side on this many lowest-priority threads; 0: one
+    # per core the server may use, divided by intra_op_threads.
+    batch_threads: int = 0
     # Variable-length batching (scheduler/padding.py): {input: {dim, value}}, length
     # buckets, and outputs to cut back to each request's length ({output: dim}).
     padding: dict | None = None
@@ -233,6 +237,8 @@ def _validate(settings: ModelSettings, where: str) -> None:
     sched = settings.scheduling
     if sched.policy not in POLICIES:
         raise ConfigError(f"{where}: scheduling.policy must be one of {', '.join(POLICIES)}")
+    if sched.batch_threads < 0:
+        raise ConfigError(f"{where}: scheduling.batch_threads must be >= 0 (0: one per core)")
     if sched.executors < 1:
         raise ConfigError(f"{where}: scheduling.executors must be >= 1")
     if sched.max_queued_rows < 1:

@@ -49,12 +49,14 @@ Batch-class requests run only when no online request is queued, and in pieces;
 requests larger than one piece (or than max_batch_size) are split and the
 dispatcher reassembles the parts in order. Two ways to keep pieces from hurting
 online requests:
-- `background_batch` (the asyncio dispatcher's default): one piece at a time runs
-  in the *background*, beside whatever online execution runs, on a thread the
-  operating system runs at the lowest priority. It holds no executor, so online
-  work never waits for a piece to end; the OS gives the piece only the CPU online
-  work leaves idle. Pieces take up to BACKGROUND_PIECE_S (few, cheap hand-offs)
-  and teach L(b) nothing (their times include preemption).
+- `background_batch` (the asyncio dispatcher's default): up to `background_pieces`
+  pieces at a time (the dispatcher's default: one per core, so that batch work can
+  use the whole machine) run in the *background*, beside whatever online execution
+  runs, each on a thread the operating system runs at the lowest priority. They
+  hold no executor, so online work never waits for a piece to end; the OS gives
+  the pieces only the CPU online work leaves idle. Pieces take up to
+  BACKGROUND_PIECE_S (few, cheap hand-offs) and teach L(b) nothing (their times
+  include preemption).
 - otherwise a piece holds the executor, so its L(b) is kept under half the online
   budget (a low quantile of recent admitted online requests' deadline - arrival)
   and an online request arriving meanwhile still makes its deadline.
@@ -224,6 +226,7 @@ class SchedulerCore:
         preferred_batch_sizes: Iterable[int] = (),
         early_refusal: bool | None = None,
         background_batch: bool = False,
+        background_pieces: int = 1,
         busy_hold_s: float = 0.0,
         variants: VariantChooser | None = None,
     ):
@@ -245,7 +248,8 @@ class SchedulerCore:
         self.target_rows = prefs[-1] if prefs else self.cap
         self.predictive = policy == "slo" if early_refusal is None else early_refusal
         self.background_batch = background_batch
-        self.background: Batch | None = None  # the running background piece
+        self.background_pieces = max(1, background_pieces)  # at most this many side by side
+        self.background: list[Batch] = []  # the running background pieces
         self.busy_hold_s = busy_hold_s if policy == "slo" else 0.0
         self.pressure = 0.0  # recent busy fraction of the event loop, fed by the owner
         self.hold_gain = 1.0  # EWMA of rows a hold gathered
@@ -479,7 +483,8 @@ class SchedulerCore:
         if self.queued_requests <= 0:
             return None
         background = (
-            self.background_batch and self.background is None and self.queued_online_rows == 0
+            self.background_batch and len(self.background) < self.background_pieces
+            and self.queued_online_rows == 0
         )
         if not background and (self.free <= 0 or (self.running and not self._side_by_side(now))):
             return None
@@ -567,7 +572,7 @@ class SchedulerCore:
             batch.latency = self.latency
             batch.online = False
             batch.background = True
-            self.background = batch
+            self.background.append(batch)
             self._count_batch(rows)
             return batch
         if self.running:
@@ -914,7 +919,7 @@ class SchedulerCore:
 
     def _release(self, batch: Batch, now: float) -> None:
         if batch.background:
-            self.background = None
+            self.background.remove(batch)
             return
         if self.executors > 1:
             self._advance_overlap(now)
@@ -933,7 +938,7 @@ class SchedulerCore:
     # -- state ------------------------------------------------------------
 
     def idle(self) -> bool:
-        return self.queued_requests == 0 and not self.running and self.background is None
+        return self.queued_requests == 0 and not self.running and not self.background
 
     def describe(self) -> dict[str, Any]:
         counts = self.counts
@@ -945,6 +950,8 @@ class SchedulerCore:
             "executors_busy": len(self.running),
             "background_batch": self.background_batch,
             "background_piece_rows": self._piece_rows() if self.background_batch else None,
+            "background_pieces": self.background_pieces if self.background_batch else 0,
+            "background_running": len(self.background),
             "max_batch_size": self.cap if self.batching else 0,
             "latency_quantile": self.latency.quantile,
             "latency_table": self.latency.table(),

@@ -18,10 +18,14 @@ Execution modes (`SchedulingSettings.execution`):
   predicted time is at most `inline_max_ms`, otherwise on the thread; with
   several executors, always threads.
 
-Batch-class pieces (except under `inline`) run in the core's *background*: on a
-thread of their own that the OS runs at the lowest priority (SCHED_IDLE, else
-nice 19), beside online executions, holding no executor. Online work then never
-waits for a piece, and the piece gets only the CPU online work leaves idle.
+Batch-class pieces (except under `inline`) run in the core's *background*: on
+threads of their own that the OS runs at the lowest priority (SCHED_IDLE, else
+nice 19), beside online executions, holding no executor; up to the core's
+`background_pieces` side by side, one thread each (`SchedulingSettings.batch_threads`;
+by default one per core, factory.background_pieces), all on the model's one session
+(its runs are thread-safe). Online work then never waits for a piece, and the
+pieces get only the CPU online work leaves idle: with no online work, every core.
+A piece that is one slice of one request reaches the model as a view of its rows.
 """
 
 from __future__ import annotations
@@ -340,7 +344,7 @@ class AsyncDispatcher:
         self.background_batches += 1
         if self._background_pool is None:
             self._background_pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1,
+                max_workers=self.core.background_pieces,
                 thread_name_prefix=f"kairos-{self.model}-background",
                 initializer=_lowest_priority,
             )
@@ -379,6 +383,10 @@ class AsyncDispatcher:
         first = items[0][0].request
         if len(items) == 1 and items[0][1] == 0 and items[0][2] == items[0][0].rows:
             inputs: Mapping[str, np.ndarray] = first.inputs
+        elif len(items) == 1 and self.padding is None:
+            # one piece of a split request: a view of its rows, no copy
+            _, start, stop = items[0]
+            inputs = {name: value[start:stop] for name, value in first.inputs.items()}
         else:
             join = self.padding.gather if self.padding is not None else _concatenate
             inputs = {

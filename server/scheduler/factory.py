@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..metrics import MetricsSink
 from ..repository.config import SchedulingSettings
 from .core import SchedulerCore
@@ -10,6 +12,20 @@ from .interface import BatchRunner, Clock
 from .latency import LatencyModel
 from .padding import Padding
 from .variants import Variant, VariantChooser
+
+
+def background_pieces(batch_threads: int, runner: BatchRunner) -> int:
+    """How many batch-class pieces run side by side: `batch_threads`, or when it is 0, as
+    many as the cores this process may use hold runs of the model (each run uses the
+    runner's `threads_per_run` cores, 1 when it does not say)."""
+    if batch_threads > 0:
+        return batch_threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    per_run = getattr(runner, "threads_per_run", 1) or cores
+    return max(1, cores // per_run)
 
 
 def make_dispatcher(
@@ -56,6 +72,7 @@ def make_dispatcher(
         # batch-class pieces run on a lowest-priority thread beside online work,
         # except when everything is asked to run on the event loop
         background_batch=execution != "inline",
+        background_pieces=background_pieces(getattr(settings, "batch_threads", 0), runner),
         busy_hold_s=getattr(settings, "busy_hold_ms", 0.0) / 1e3,
         variants=chooser,
     )
