@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from kairos.protos import grpc_service_pb2 as pb
 
+from .memory import keep_freed_memory
 from .metrics import MetricsSink
 from .repository import ModelRepository
 from .security import (
@@ -310,6 +311,7 @@ def serve(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    keep_freed_memory()  # before the front end's threads start (server/memory.py)
     return asyncio.run(KairosServer(args).run())
 
 
