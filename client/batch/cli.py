@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -83,6 +84,7 @@ class JobOptions:
     stall_timeout_s: float | None = None  # None: request timeout + 30 s
     checkpoint_interval_s: float = 1.0
     progress: bool | None = None  # None: only on a terminal
+    low_priority: bool = False  # run this client at the OS's lowest priority
     client: dict[str, Any] = field(default_factory=dict)  # AsyncInferenceClient arguments
 
 
@@ -134,6 +136,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-interval-s", type=float, default=1.0,
                         help="how often the output is flushed and the checkpoint saved")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--low-priority", action="store_true",
+                        help="run this client at the OS's lowest priority (SCHED_IDLE on Linux, "
+                        "else nice 19): for a job started on the server's own machine, so that "
+                        "the client, like the server's batch work, only takes CPU that online "
+                        "traffic leaves idle")
     parser.add_argument("--summary-json", type=Path, metavar="FILE",
                         help="also write the summary as JSON to FILE")
     add_connection_arguments(parser)
@@ -167,6 +174,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         stall_timeout_s=args.stall_timeout_s,
         checkpoint_interval_s=args.checkpoint_interval_s,
         progress=False if args.no_progress else None,
+        low_priority=args.low_priority,
         client={"url": args.url, **client},
     )
 
@@ -222,6 +230,8 @@ async def run_job(options: JobOptions) -> dict[str, Any]:
     Raises JobError (exit code 2 for bad input found before sending anything, 1 for a
     failure mid-run, after the checkpoint is saved).
     """
+    if options.low_priority:
+        lower_priority()
     reader, state = _open_local(options)
     try:
         async with AsyncInferenceClient(**options.client) as client:
@@ -235,6 +245,36 @@ async def run_job(options: JobOptions) -> dict[str, Any]:
             return await _stream(client, options, reader, plan, outputs, job, state)
     finally:
         reader.close()
+
+
+def lower_priority() -> str:
+    """Make this whole process (every thread it starts from now on, and the calling one)
+    the OS's last choice; returns the policy it got: "idle", "nice" or "unchanged".
+
+    Linux sets a policy per thread, and threads inherit it from the thread that creates
+    them: every thread the process has now is lowered, and this runs before the gRPC
+    channel starts its own."""
+    threads = _thread_ids()
+    try:
+        for tid in threads:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):
+        pass
+    try:
+        for tid in threads:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+        return "nice"
+    except (AttributeError, OSError):
+        return "unchanged"
+
+
+def _thread_ids() -> list[int]:
+    """This process's threads (Linux: /proc/self/task), else the calling one (0)."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
 
 
 def _open_local(options: JobOptions) -> tuple[DatasetReader, dict[str, Any] | None]:
