@@ -1,6 +1,6 @@
 """`kairos batch` against a real Kairos server: 100k rows bit-identical and in order, npy/npz/
 Parquet round trips, resume after the client is SIGKILLed and after the server goes away,
-bad inputs refused before anything is sent.
+bad inputs refused before anything is sent, pieces side by side on several batch threads.
 
 What batch mode needs from the scheduler's core (pieces sized from admitted online budgets,
 queued batch rows never making online requests "queue full") is tested on the core itself,
@@ -280,3 +280,26 @@ def test_resume_after_kill_between_output_and_checkpoint_removal(server, repo, t
     assert run_cli(*args, "--resume") == 0
     assert not checkpoint_path(out).exists()
     assert np.array_equal(np.load(out), reference(repo, MLP, {"input": x})["output"])
+
+
+def test_pieces_side_by_side_on_every_batch_thread_are_bit_identical(tmp_path) -> None:
+    """scheduling.batch_threads: 3 runs three pieces at a time on the model's one session
+    (its runs are thread-safe); the rows still equal one-thread onnxruntime, in order, and a
+    --low-priority client gets them all."""
+    root = tmp_path / "repo"
+    write_model(root, MLP, build_mlp((16, 32, 4), seed=16, name=MLP),
+                config=CONFIG + "scheduling:\n  batch_threads: 3\n")
+    x = features(60_000, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    with running_server(root) as server:
+        # in a process of its own: --low-priority lowers the whole process for good
+        done = subprocess.run([sys.executable, "-m", "kairos.client.batch", MLP, "-i",
+                               str(tmp_path / "x.npy"), "-o", str(out), "--url", server.address,
+                               "-n", "2000", "-k", "4", "--low-priority", "--no-progress"],
+                              capture_output=True, text=True, timeout=300)
+        state = scheduler_state(server.address, MLP)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(out), reference(root, MLP, {"input": x})["output"])
+    assert state["background_pieces"] == 3 and state["background_running"] == 0
+    assert sum(state["batch_sizes"].values()) >= 60_000 // 64  # in pieces of at most 64 rows
