@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -179,24 +180,79 @@ def wake_lateness() -> dict[str, float]:
     return json.loads(out.stdout)
 
 
+class BatchLoad:
+    """`kairos batch` jobs over `data`, back to back until the block ends (a job that
+    finishes is followed by the next), so that no measurement outlasts the batch work;
+    `rows()` is (time, rows done by every job so far)."""
+
+    def __init__(self, address: str, data: Path, work: Path, rows: int, in_flight: int):
+        self.args = (address, data, work, rows, in_flight)
+        self.total = int(np.load(data, mmap_mode="r").shape[0])
+        self.finished = 0  # rows of the jobs that completed
+        self.jobs = 0
+        self.failed: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._job: subprocess.Popen | None = None
+        self._out = work / "load-0.npy"
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BatchLoad:
+        self._thread.start()
+        time.sleep(1.5)  # the first job is connected and streaming
+        return self
+
+    def _run(self) -> None:
+        address, data, work, rows, in_flight = self.args
+        while not self._stop.is_set():
+            out = work / f"load-{self.jobs}.npy"
+            with self._lock:
+                self._out = out
+                self._job = subprocess.Popen(
+                    batch_command(address, data, out, rows, in_flight, work / "load.json"),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            job = self._job
+            while job.poll() is None and not self._stop.wait(0.02):
+                pass
+            if job.poll() is None:
+                return  # stopped: __exit__ ends the job
+            if job.returncode != 0:
+                self.failed = job.stderr.read().decode(errors="replace")[-500:]
+                return
+            with self._lock:
+                self.finished += self.total
+                self.jobs += 1
+                out.unlink(missing_ok=True)
+
+    def rows(self) -> tuple[float, int]:
+        with self._lock:
+            out, finished = self._out, self.finished
+            now, current = rows_done(out)
+            if out.exists():  # complete: the checkpoint is gone, the output written
+                current = self.total
+            return now, finished + current
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        with self._lock:
+            job = self._job
+        if job is not None and job.poll() is None:
+            job.send_signal(signal.SIGTERM)
+            job.wait(30)
+        self._thread.join(30)
+        work = self.args[2]
+        for stale in work.glob("load-*"):
+            subprocess.run(["rm", "-rf", str(stale)], check=False)
+
+
 def during_batch(address: str, data: Path, work: Path, rows: int, in_flight: int, measure):
-    """`measure()` while a batch job runs; (its result, the job's rows/s meanwhile)."""
-    out = work / "during.npy"
-    for stale in (checkpoint_path(out), out):
-        stale.unlink(missing_ok=True)
-    job = subprocess.Popen(batch_command(address, data, out, rows, in_flight, work / "d.json"),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.5)  # the job is connected and streaming
-        t0, r0 = rows_done(out)
+    """`measure()` while batch jobs run; (its result, the jobs' rows/s meanwhile, jobs done)."""
+    with BatchLoad(address, data, work, rows, in_flight) as load:
+        t0, r0 = load.rows()
         result = measure()
-        t1, r1 = rows_done(out)
-    finally:
-        job.send_signal(signal.SIGTERM)
-        job.wait(30)
-    for stale in (checkpoint_path(out), out):
-        stale.unlink(missing_ok=True)
-    subprocess.run(["rm", "-rf", str(out) + ".kairos-parts"], check=False)
+        t1, r1 = load.rows()
+    if load.failed:
+        raise RuntimeError(f"a batch job failed: {load.failed}")
     return result, (r1 - r0) / (t1 - t0)
 
 
@@ -209,26 +265,11 @@ def rows_done(out: Path) -> tuple[float, int]:
 
 def mixed(address: str, data: Path, work: Path, rows: int, in_flight: int, rate: float,
           duration: float, warmup: float) -> dict:
-    """Online Poisson load while a batch job runs; batch rows/s over the online window."""
-    out = work / "mixed.npy"
-    for stale in (checkpoint_path(out), out):
-        stale.unlink(missing_ok=True)
-    job = subprocess.Popen(batch_command(address, data, out, rows, in_flight, work / "m.json"),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        time.sleep(1.5)  # the job is connected and streaming
-        t0, r0 = rows_done(out)
-        point = bench(address, "--rate", f"{rate:.1f}", duration=duration, warmup=warmup, work=work)
-        t1, r1 = rows_done(out)
-        finished = job.poll() is not None
-    finally:
-        job.send_signal(signal.SIGTERM)
-        job.wait(30)
-    for stale in (checkpoint_path(out), out):
-        stale.unlink(missing_ok=True)
-    subprocess.run(["rm", "-rf", str(out) + ".kairos-parts"], check=False)
-    return {"online": point, "batch_rows_per_s": (r1 - r0) / (t1 - t0),
-            "batch_finished_early": finished}
+    """Online Poisson load while batch jobs run; batch rows/s over the online window."""
+    point, rate_batch = during_batch(
+        address, data, work, rows, in_flight,
+        lambda: bench(address, "--rate", f"{rate:.1f}", duration=duration, warmup=warmup, work=work))
+    return {"online": point, "batch_rows_per_s": rate_batch}
 
 
 def scheduler_view(address: str) -> dict:
@@ -282,8 +323,21 @@ def measure_raw_and_alone(args, repo: Path, model_path: Path, small: Path, work:
                         "best_rows_per_request": best_rows,
                         "ratio_to_raw": alone_rate[best_rows] / raw[reference][best[reference]],
                         "ratio_to_side_by_side": alone_rate[best_rows] / side,
+                        "busy_cores": busy_cores(args, repo, small, work, best_rows),
                         "scheduler": scheduler},
     }
+
+
+def busy_cores(args, repo: Path, data: Path, work: Path, rows: int) -> float:
+    """Cores the whole machine keeps busy while a batch job runs alone (server and client;
+    a 3 s window of a running job, median over the repeats)."""
+    busy = []
+    with running_server(repo) as server:
+        for _ in range(args.repeats):
+            with BatchLoad(server.address, data, work, rows, args.in_flight), CpuIdle() as idle:
+                time.sleep(3)
+            busy.append((os.cpu_count() or 1) - idle.cores)
+    return median(busy)
 
 
 def measure_give_back(args, repo: Path, data: Path, work: Path, rows: int) -> dict:
@@ -319,6 +373,66 @@ def measure_give_back(args, repo: Path, data: Path, work: Path, rows: int) -> di
     return {**runs, "summary": summary}
 
 
+class CpuIdle:
+    """Idle cores of the whole machine over a block (/proc/stat: idle + iowait ticks)."""
+
+    def __enter__(self) -> CpuIdle:
+        self.start = _cpu_ticks()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        idle0, total0 = self.start
+        idle1, total1 = _cpu_ticks()
+        self.cores = (os.cpu_count() or 1) * (idle1 - idle0) / max(1, total1 - total0)
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:9]]  # user..steal, no guest
+    return fields[3] + fields[4], sum(fields)
+
+
+def measure_mixed(args, repo: Path, data: Path, work: Path, rows: int, rate: float,
+                  alone_rate: float, alone_busy: float) -> dict:
+    """Step 4 at one online rate: online alone and mixed alternate on fresh servers."""
+    online, mix = [], []
+    for _ in range(args.repeats):
+        with running_server(repo) as server:
+            with CpuIdle() as idle:
+                online.append(bench(server.address, "--rate", f"{rate:.1f}",
+                                    duration=args.duration, warmup=args.warmup, work=work))
+            online[-1]["idle_cores"] = idle.cores
+        with running_server(repo) as server:
+            with CpuIdle() as idle:
+                mix.append(mixed(server.address, data, work, rows, args.in_flight, rate,
+                                 args.duration, args.warmup))
+            mix[-1]["idle_cores"] = idle.cores
+            mix[-1]["scheduler"] = scheduler_view(server.address)
+        print(f"  {rate:.0f}/s: online alone p99 {online[-1]['latency_ms']['p99']:.2f} ms goodput "
+              f"{online[-1]['goodput']:.0f}/s idle cores {online[-1]['idle_cores']:.2f} | mixed p99 "
+              f"{mix[-1]['online']['latency_ms']['p99']:.2f} ms goodput "
+              f"{mix[-1]['online']['goodput']:.0f}/s batch {mix[-1]['batch_rows_per_s']:,.0f} rows/s "
+              f"idle cores {mix[-1]['idle_cores']:.2f}", flush=True)
+    summary = {
+        "rate": rate,
+        "online_alone_p99_ms": median([p["latency_ms"]["p99"] for p in online]),
+        "online_alone_goodput": median([p["goodput"] for p in online]),
+        "online_alone_idle_cores": median([p["idle_cores"] for p in online]),
+        "mixed_p99_ms": median([m["online"]["latency_ms"]["p99"] for m in mix]),
+        "mixed_goodput": median([m["online"]["goodput"] for m in mix]),
+        "mixed_idle_cores": median([m["idle_cores"] for m in mix]),
+        "mixed_batch_rows_per_s": median([m["batch_rows_per_s"] for m in mix]),
+        "batch_alone_rows_per_s": alone_rate,
+    }
+    summary["p99_ratio"] = summary["mixed_p99_ms"] / summary["online_alone_p99_ms"]
+    summary["goodput_ratio"] = summary["mixed_goodput"] / summary["online_alone_goodput"]
+    summary["batch_share"] = summary["mixed_batch_rows_per_s"] / alone_rate
+    # what the cores online work left idle would give at batch-alone speed per busy core
+    summary["idle_capacity_rows_per_s"] = alone_rate * summary["online_alone_idle_cores"] / alone_busy
+    summary["idle_capture"] = summary["mixed_batch_rows_per_s"] / summary["idle_capacity_rows_per_s"]
+    return {**summary, "online_alone": online, "mixed": mix}
+
+
 def measure_peak(args, repo: Path, work: Path) -> tuple[dict, list[dict]]:
     """Step 3: an open-loop sweep up from `--peak-start`; the point of the highest goodput."""
     points: list[dict] = []
@@ -348,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="first offered rate (req/s) of the peak sweep")
     parser.add_argument("--peak-step", type=float, default=1.25,
                         help="factor between the offered rates of the peak sweep")
+    parser.add_argument("--fractions", default="0.5,0.25",
+                        help="online rates of step 4 as fractions of the peak rate; the first is "
+                        "the one the targets are judged at")
     parser.add_argument("--sparse-rate", type=float, default=50.0,
                         help="online req/s of the give-back measurement (step 5)")
     parser.add_argument("--duration", type=float, default=8.0)
@@ -385,35 +502,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"online peak: goodput {peak['goodput']:.0f}/s at {peak['offered']:.0f}/s offered "
           f"-> Poisson rate {rate:.0f}/s", flush=True)
 
-    online, mix = [], []
-    for _ in range(args.repeats):
-        with running_server(repo) as server:
-            online.append(bench(server.address, "--rate", f"{rate:.1f}", duration=args.duration,
-                                warmup=args.warmup, work=work))
-            online[-1]["scheduler"] = scheduler_view(server.address)
-        with running_server(repo) as server:
-            mix.append(mixed(server.address, data, work, best_rows, args.in_flight, rate,
-                             args.duration, args.warmup))
-            mix[-1]["scheduler"] = scheduler_view(server.address)
-        print(f"  online alone p99 {online[-1]['latency_ms']['p99']:.2f} ms goodput "
-              f"{online[-1]['goodput']:.0f}/s | mixed p99 {mix[-1]['online']['latency_ms']['p99']:.2f}"
-              f" ms goodput {mix[-1]['online']['goodput']:.0f}/s batch "
-              f"{mix[-1]['batch_rows_per_s']:,.0f} rows/s", flush=True)
-    summary = {
-        "online_alone_p99_ms": median([p["latency_ms"]["p99"] for p in online]),
-        "online_alone_goodput": median([p["goodput"] for p in online]),
-        "mixed_p99_ms": median([m["online"]["latency_ms"]["p99"] for m in mix]),
-        "mixed_goodput": median([m["online"]["goodput"] for m in mix]),
-        "mixed_batch_rows_per_s": median([m["batch_rows_per_s"] for m in mix]),
-        "batch_alone_rows_per_s": alone["median_rows_per_s"][best_rows],
-    }
-    summary["p99_ratio"] = summary["mixed_p99_ms"] / summary["online_alone_p99_ms"]
-    summary["goodput_ratio"] = summary["mixed_goodput"] / summary["online_alone_goodput"]
-    summary["batch_share"] = summary["mixed_batch_rows_per_s"] / summary["batch_alone_rows_per_s"]
-    result.update(online_alone=online, mixed=mix, summary=summary)
+    alone_rate = alone["median_rows_per_s"][best_rows]
+    result["mixed_by_fraction"] = {}
+    for fraction in [float(f) for f in args.fractions.split(",")]:
+        entry = measure_mixed(args, repo, data, work, best_rows, peak["offered"] * fraction,
+                              alone_rate, alone["busy_cores"])
+        result["mixed_by_fraction"][fraction] = entry
+    result["summary"] = summary = result["mixed_by_fraction"][float(args.fractions.split(",")[0])]
 
     result["give_back"] = measure_give_back(args, repo, data, work, best_rows)
-    print(json.dumps({**summary, "give_back": result["give_back"]["summary"]}, indent=1))
+    print(json.dumps({**{k: v for k, v in summary.items() if k not in ("online_alone", "mixed")},
+                      "give_back": result["give_back"]["summary"]}, indent=1, default=str))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     if args.write:
@@ -445,6 +544,7 @@ def render(result: dict, command: str) -> str:
         f"{kind}: {max(sizes.values()):,.0f} at {max(sizes, key=sizes.get)}"
         for kind, sizes in raw["median"].items())
     peak = result["online_peak"]
+    fraction = float(config["fractions"].split(",")[0])
     lines = [
         BEGIN,
         f"Measured {result['started']} (code {result['commit']}) by:", "",
@@ -468,8 +568,9 @@ def render(result: dict, command: str) -> str:
         f"**{alone['ratio_to_raw']:.2f}x** | >= 0.8x | {_verdict(alone['ratio_to_raw'] >= 0.8)} |",
         f"| batch alone / raw, 2 runs side by side | {alone['ratio_to_side_by_side']:.2f}x | | |",
         f"| online peak (open-loop sweep from {config['peak_start']:,.0f}/s, x{config['peak_step']:g}) | "
-        f"goodput {peak['goodput']:,.0f}/s at {peak['offered']:,.0f}/s offered -> Poisson at "
-        f"{peak['offered'] / 2:,.0f}/s | | |",
+        f"goodput {peak['goodput']:,.0f}/s at {peak['offered']:,.0f}/s offered | | |",
+        f"| online rate of the mixed runs: {fraction:g} x the peak rate | {summary['rate']:,.0f}/s "
+        "Poisson | | |",
         f"| online p99, alone -> mixed | {summary['online_alone_p99_ms']:.2f} -> "
         f"{summary['mixed_p99_ms']:.2f} ms = **{summary['p99_ratio']:.2f}x** | <= 1.10x | "
         f"{_verdict(summary['p99_ratio'] <= 1.10)} |",
@@ -490,11 +591,26 @@ def render(result: dict, command: str) -> str:
           for key in ("p50", "p99")],
         f"| batch rows/s during the give-back runs | {give['batch_rows_per_s']:,.0f} | | |",
         "",
-        "Per repeat (online alone p99 / goodput -> mixed p99 / goodput, batch rows/s): "
+        "Mixed runs per online rate. Idle cores: the whole machine's, over the measured window "
+        f"(/proc/stat). A batch job alone kept {alone['busy_cores']:.2f} cores busy; *what online "
+        "left idle* is the batch-alone rate scaled to the cores online alone left idle, and the "
+        "last column the share of it the job took.", "",
+        "| online rate | online alone: p99 ms / goodput / idle cores | mixed: p99 ms / goodput / "
+        "idle cores | p99 ratio | batch rows/s (/ alone) | of what online left idle |",
+        "|---|---|---|---|---|---|",
+        *[f"| {entry['rate']:,.0f}/s ({float(frac):g} x peak rate) | {entry['online_alone_p99_ms']:.2f} / "
+          f"{entry['online_alone_goodput']:,.0f} / {entry['online_alone_idle_cores']:.2f} | "
+          f"{entry['mixed_p99_ms']:.2f} / {entry['mixed_goodput']:,.0f} / {entry['mixed_idle_cores']:.2f} | "
+          f"{entry['p99_ratio']:.2f}x | {entry['mixed_batch_rows_per_s']:,.0f} ({entry['batch_share']:.2f}) | "
+          f"{entry['idle_capture']:.2f} of {entry['idle_capacity_rows_per_s']:,.0f} |"
+          for frac, entry in result["mixed_by_fraction"].items()],
+        "",
+        f"Per repeat at {fraction:g} x the peak rate (online alone p99 / goodput -> mixed p99 / "
+        "goodput, batch rows/s): "
         + "; ".join(
             f"{a['latency_ms']['p99']:.2f} / {a['goodput']:.0f} -> {m['online']['latency_ms']['p99']:.2f}"
             f" / {m['online']['goodput']:.0f}, {m['batch_rows_per_s']:,.0f}"
-            for a, m in zip(result["online_alone"], result["mixed"], strict=True)) + ".",
+            for a, m in zip(summary["online_alone"], summary["mixed"], strict=True)) + ".",
         END,
     ]
     return "\n".join(lines)
