@@ -3,12 +3,17 @@
 It drives the same `SchedulerCore` the server runs, on a virtual clock, with a
 synthetic service time L_true(b) (default: a + c*b, optionally with seeded
 multiplicative noise) and synthetic request traces (Poisson, bursts, a step in
-rate). The core learns L(b) exactly as in the server: a profiling sweep at
+rate, gamma inter-arrivals of a chosen coefficient of variation, and deadline
+classes mixed into one trace). The core learns L(b) exactly as in the server: a profiling sweep at
 start, then every execution. Same inputs and seed, same result.
 
     trace = poisson(rate=2000, duration=2.0, slo=0.010, seed=1)
     result = simulate(trace, policy="slo", max_batch_size=64, service=linear(1e-3, 1e-4))
     result.goodput(), result.attainment(), result.batch_sizes()
+
+    bursty = gamma(rate=5600, cv=4, duration=2.0, slo=0.010, seed=1)
+    mixed = mix_deadlines(poisson(7000, 2.0, slo=0.010, seed=2), [(0.005, 0.5), (0.050, 0.5)], seed=3)
+    simulate(mixed, ...).by_deadline()   # {0.005: ClassStats, 0.05: ClassStats}
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -62,6 +67,7 @@ class Outcome:
     finish: float | None = None
     dispatch: float | None = None  # start of the batch that carried its (last) rows
     variant: str = ""  # the model-group variant that served it
+    slo: float = 0.0  # its relative deadline (the deadline class it belongs to)
 
     @property
     def latency(self) -> float | None:
@@ -82,6 +88,30 @@ class BatchRecord:
     online: bool
     requests: list[int]  # trace indices, in batch order
     variant: int = 0  # index into the model group's variants (0: the reference)
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """One deadline class of a run: counts, attainment (of all and of the admitted) and
+    goodput (answered within the deadline, per second of trace)."""
+
+    slo: float
+    requests: int
+    admitted: int  # not refused at admission
+    good: int
+    refused: int
+    expired: int
+    late: int  # answered after the deadline
+    goodput: float
+    p99: float | None  # latency of the answered, seconds
+
+    @property
+    def attainment(self) -> float:
+        return self.good / self.requests if self.requests else 1.0
+
+    @property
+    def admitted_attainment(self) -> float:
+        return self.good / self.admitted if self.admitted else 1.0
 
 
 @dataclass
@@ -109,6 +139,31 @@ class SimResult:
     def late(self) -> int:
         """Answered, but after the deadline: what admission control should prevent."""
         return sum(1 for o in self.outcomes if o.status == "ok" and not o.met)
+
+    def admitted_attainment(self, klass: str | None = "online") -> float:
+        """Share of the requests admitted (not refused) answered within their deadline."""
+        admitted = sum(1 for o in self.outcomes if o.status != "refused" and klass in (None, o.klass))
+        return self.good(klass) / admitted if admitted else 1.0
+
+    def by_deadline(self, klass: str | None = "online") -> dict[float, ClassStats]:
+        """Per deadline class (the requests' relative deadline, SimRequest.slo)."""
+        groups: dict[float, list[Outcome]] = {}
+        for o in self.outcomes:
+            if klass in (None, o.klass):
+                groups.setdefault(o.slo, []).append(o)
+        out = {}
+        for slo, group in sorted(groups.items()):
+            answered = sorted(o.latency for o in group if o.status == "ok")
+            good = sum(1 for o in group if o.met)
+            refused = sum(1 for o in group if o.status == "refused")
+            p99 = float(np.percentile(answered, 99)) if answered else None
+            out[slo] = ClassStats(
+                slo=slo, requests=len(group), admitted=len(group) - refused, good=good,
+                refused=refused, expired=sum(1 for o in group if o.status == "expired"),
+                late=sum(1 for o in group if o.status == "ok" and not o.met),
+                goodput=good / self.duration, p99=p99,
+            )
+        return out
 
     def batch_sizes(self) -> Counter:
         return Counter(b.rows for b in self.batches)
@@ -173,6 +228,46 @@ def step(
     return poisson(rate, at, slo, seed, **fields) + poisson(
         high_rate, duration - at, slo, seed + 1, start=at, **fields
     )
+
+
+def gamma(
+    rate: float,
+    cv: float,
+    duration: float,
+    slo: float,
+    seed: int = 0,
+    start: float = 0.0,
+    **fields,
+) -> list[SimRequest]:
+    """Arrivals whose gaps are gamma-distributed with mean 1/rate and coefficient of
+    variation `cv` (shape 1/cv^2): cv 1 is Poisson; cv 4 sends most requests in tight
+    clusters separated by long silences, at the same mean rate."""
+    if rate <= 0 or cv <= 0:
+        raise ValueError("gamma arrivals need rate > 0 and cv > 0")
+    rng = random.Random(seed)
+    shape = 1.0 / (cv * cv)
+    scale = 1.0 / (rate * shape)
+    out = []
+    t = start
+    end = start + duration
+    while True:
+        t += rng.gammavariate(shape, scale)
+        if t >= end:
+            return out
+        out.append(SimRequest(t=t, slo=slo, **fields))
+
+
+def mix_deadlines(
+    trace: Iterable[SimRequest], classes: Sequence[tuple[float, float]], seed: int = 0
+) -> list[SimRequest]:
+    """The same arrivals, each given a relative deadline drawn from `classes`:
+    (slo seconds, share) pairs, shares normalized (e.g. [(0.005, 0.5), (0.050, 0.5)])."""
+    if not classes or any(share < 0 for _, share in classes) or sum(s for _, s in classes) <= 0:
+        raise ValueError("deadline classes need non-negative shares that add up to more than 0")
+    rng = random.Random(seed)
+    slos = [slo for slo, _ in classes]
+    weights = [share for _, share in classes]
+    return [replace(r, slo=rng.choices(slos, weights)[0]) for r in trace]
 
 
 def merge(*traces: Iterable[SimRequest]) -> list[SimRequest]:
@@ -297,7 +392,8 @@ class _Simulation:
     def arrive(self, index: int, now: float) -> None:
         spec = self.trace[index]
         outcome = Outcome(
-            index, now, now + spec.slo, spec.rows, spec.klass, spec.shape_key, spec.priority
+            index, now, now + spec.slo, spec.rows, spec.klass, spec.shape_key, spec.priority,
+            slo=spec.slo,
         )
         self.outcomes.append(outcome)
         request = InferenceRequest(
