@@ -19,7 +19,9 @@ Policies, evaluated whenever an executor is free:
   size the load needs (`b_slo`: the largest b with L(b) <= half the online
   deadline budget: wait one batch, run in the next). With several free
   executors, L(b) decides whether to cut the queue into concurrent smaller
-  batches (and learns what running side by side costs).
+  batches (and learns what running side by side costs). With mixed deadline
+  classes queued (e.g. 5 ms and 50 ms requests), batches are capped at b_slo,
+  so a request of the tightest class arriving during one can wait it out.
 - `fixed`: as Triton's dynamic batcher: dispatch as soon as the largest
   preferred batch size (or the max batch size) is queued, otherwise when the
   oldest request has waited `max_queue_delay`.
@@ -27,9 +29,11 @@ Policies, evaluated whenever an executor is free:
 
 Admission ("early refusal", on by default for `slo`): a request whose predicted
 finish (wait for an executor + serving the queued rows that outrank it and its
-own, in batches of the operating size) is after its deadline is refused at once,
-as is one that would overflow `max_queued_rows` (online requests count queued
-online rows only). A queued request that can no longer finish in time (under
+own, in batches of the operating size) is after its deadline is refused at once.
+Rows outrank it by class and priority, and at equal ones by deadline: a 5 ms
+request waits for the 5 ms ones queued before it, not for the 50 ms ones, unless
+those are due first. So is one that would overflow `max_queued_rows` (online
+requests count queued online rows only). A queued request that can no longer finish in time (under
 `slo`: now + L(its rows) > deadline; otherwise: deadline passed) expires
 without running. An idle server still admits one predicted-late request per
 PROBE_INTERVAL_S, so a model whose L(1) rose above every deadline relearns it.
@@ -129,6 +133,7 @@ class Ticket:
         "parts",
         "admitted",
         "probe",
+        "queue_class",
     )
 
     def __init__(self, request: InferenceRequest, rows: int, rank: int, seq: int, now: float):
@@ -147,10 +152,22 @@ class Ticket:
         self.parts: list | None = None  # (start, outputs) of a split request
         self.admitted = now
         self.probe = False  # admitted to relearn L(b): runs even if predicted late
+        # what it is counted under in the queue (see SchedulerCore._rows_ahead): online
+        # work by (priority, deadline class), batch-class work by priority
+        self.queue_class = (request.priority, _deadline_class(request.deadline - request.arrival)) if (
+            rank == ONLINE) else request.priority
 
     def __repr__(self) -> str:
         rid = self.request.request_id
         return f"Ticket({rid!r}, rows={self.rows}, {STATE_NAMES[self.state]})"
+
+
+def _deadline_class(budget: float) -> int:
+    """Deadline budgets (deadline - arrival) grouped in classes about 19% wide (a log
+    scale): a request is queued behind the rows of its own and tighter classes."""
+    if budget <= 0:
+        return -(1 << 30)
+    return math.floor(math.log2(budget) * 4) if budget < _INF else 1 << 30
 
 
 class Batch:
@@ -259,7 +276,8 @@ class SchedulerCore:
         self.queued_rows = 0
         self.queued_online_rows = 0
         self.queued_requests = 0
-        self._rows_by_priority: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        # queued rows by Ticket.queue_class: online by (priority, deadline class), batch by priority
+        self._rows_by_priority: tuple[dict, dict] = ({}, {})
         self._last_probe = -_INF
         self._side_by_side_probe = 0  # counts.batches at the last try
         self._overlap_mark = 0.0  # time of the last start/finish (executors > 1)
@@ -297,7 +315,10 @@ class SchedulerCore:
         lane = self.lanes.get(key)
         probe = False
         if self.predictive:
-            ahead = self._rows_ahead(ONLINE if online else BATCH, request.priority)
+            if online:
+                ahead = self._online_rows_ahead(request.priority, deadline, request.arrival)
+            else:
+                ahead = self._rows_ahead(BATCH, request.priority)
             finish = self._admission_finish(now, ahead, rows, deadline, lane)
             probe = finish > deadline and self._probe(now, deadline)
             if finish > deadline and not probe:
@@ -345,20 +366,62 @@ class SchedulerCore:
         if ticket.rank == ONLINE:
             lane.online_rows += rows
             self.queued_online_rows += rows
-        by_priority = self._rows_by_priority[ticket.rank]
-        priority = ticket.entry[1]
-        by_priority[priority] = by_priority.get(priority, 0) + rows
+        by_class = self._rows_by_priority[ticket.rank]
+        key = ticket.queue_class
+        left = by_class.get(key, 0) + rows
+        if left:
+            by_class[key] = left
+        else:
+            by_class.pop(key, None)
 
     def _rows_ahead(self, rank: int, priority: int) -> int:
-        """Queued rows that a new request of this class and priority would wait for."""
+        """Queued rows that a new request of this class and priority would wait for if
+        it queued last at its priority (its deadline no earlier than any queued)."""
         online = self._rows_by_priority[ONLINE]
-        if len(online) == 1 and priority in online and rank == ONLINE:
-            return self.queued_online_rows  # the common case: one priority level
-        ahead = sum(rows for p, rows in online.items() if p <= priority) if rank == ONLINE else (
-            self.queued_online_rows
-        )
-        if rank == BATCH:
-            ahead += sum(rows for p, rows in self._rows_by_priority[BATCH].items() if p <= priority)
+        if rank == ONLINE:
+            if len(online) == 1:  # the common case: one priority level
+                (p, _), = online
+                return self.queued_online_rows if p <= priority else 0
+            return sum(rows for (p, _), rows in online.items() if p <= priority)
+        ahead = self.queued_online_rows
+        return ahead + sum(rows for p, rows in self._rows_by_priority[BATCH].items() if p <= priority)
+
+    def _online_rows_ahead(self, priority: int, deadline: float, arrival: float) -> int:
+        """Queued rows a new online request waits for: the queue is earliest deadline
+        first, so those of higher priority and, at its own, those due no later than it.
+        When no looser deadline class than its own is queued at its priority, that is
+        every row counted by `_rows_ahead` (O(classes)); otherwise (mixed deadlines: a
+        5 ms request jumps the 50 ms ones queued before it, but not one of them due
+        first) the lanes' heaps are searched below its own entry (O(rows due first))."""
+        mine = _deadline_class(deadline - arrival)
+        looser = False
+        for p, c in self._rows_by_priority[ONLINE]:
+            if p == priority and c > mine:
+                looser = True
+                break
+        if not looser:
+            return self._rows_ahead(ONLINE, priority)
+        bound = (ONLINE, priority, deadline, _INF)
+        ahead = 0
+        for lane in self.lanes.values():
+            heap = lane.heap
+            if not lane.online_rows or not heap or heap[0][:4] > bound:
+                continue
+            stack = [0]
+            size = len(heap)
+            while stack:
+                i = stack.pop()
+                entry = heap[i]
+                if entry[:4] > bound:
+                    continue  # a heap: everything below is later still
+                ticket = entry[4]
+                if ticket.state == QUEUED or (ticket.state == RUNNING and ticket.taken < ticket.rows):
+                    ahead += ticket.rows - ticket.taken
+                child = 2 * i + 1
+                if child < size:
+                    stack.append(child)
+                    if child + 1 < size:
+                        stack.append(child + 1)
         return ahead
 
     def _track_budget(self, budget: float) -> None:
@@ -683,6 +746,15 @@ class SchedulerCore:
         if self.busy_hold_s > 0 and self._held(lane, now, rank):
             return [], 0
         cap = self._slo_cap(lane)
+        if rank == ONLINE and self.predictive and self._looser_queued():
+            # Mixed deadlines: looser requests could fill batches longer than a tight one
+            # arriving meanwhile can wait for. Cap them at b_slo (L(b) <= half the tightest
+            # online budget: wait one batch, run in the next) as batch-class pieces are,
+            # unless even L(1) is longer than that (then no cap lets a tight one wait).
+            b_slo = self._operating_point()[0]
+            if self.latency.table_list[b_slo] <= self.online_budget / 2:
+                head = lane.heap[0][4]
+                cap = min(cap, max(b_slo, head.rows - head.taken))
         items, rows, cut = self._greedy(lane, now, cap)
         if not cut or not self.predictive:
             return items, rows
@@ -701,6 +773,14 @@ class SchedulerCore:
             return [], 0
         items, rows, _ = self._greedy(lane, now, cap)
         return items, rows
+
+    def _looser_queued(self) -> bool:
+        """Whether online rows of a deadline class looser than twice the online budget
+        (the tightest recent class) are queued, e.g. 50 ms requests beside 5 ms ones."""
+        if self.online_budget == _INF:
+            return False
+        limit = _deadline_class(self.online_budget) + 4  # 4 classes: twice the budget
+        return any(c > limit for _, c in self._rows_by_priority[ONLINE])
 
     def _held(self, lane: _Lane, now: float, rank: int) -> bool:
         """Whether to hold the lane's short queue to gather a batch (sets `wakeup`)."""

@@ -106,14 +106,67 @@ def test_admission_refuses_what_cannot_make_its_deadline(clock, req):
 def test_admission_counts_queued_work_ahead(clock, req):
     core = make_core(max_batch=4)
     occupy(core, req, clock)
-    for _ in range(8):
-        core.admit(req(slo=1.0), clock.now())
+    for _ in range(8):  # 5.4 ms: the deadline class of the requests below
+        core.admit(req(slo=0.0054), clock.now())
     # 1.1 ms wait + three batches of 4 (1.4 ms each): under load the ninth request's
     # batch fills up with later arrivals, so it is counted whole.
     assert core.predicted_finish(1, clock.now()) - clock.now() == pytest.approx(0.0053)
     with pytest.raises(Refused):
         core.admit(req(slo=0.0052), clock.now())
     core.admit(req(slo=0.0054), clock.now())
+
+
+def test_a_tight_request_waits_only_for_rows_due_before_it(clock, req):
+    """Earliest deadline first: a 5 ms request queued after 50 ms ones runs before them,
+    so admission does not count them ahead of it (it would refuse it, wrongly)."""
+    core = make_core(max_batch=4)
+    occupy(core, req, clock)
+    for i in range(8):
+        core.admit(req(slo=0.050, request_id=f"loose{i}"), clock.now())
+    # queueing last (a 50 ms request): behind all 8, 5.3 ms as above
+    assert core.predicted_finish(1, clock.now()) - clock.now() == pytest.approx(0.0053)
+    tight = core.admit(req(slo=0.0030, request_id="tight"), clock.now())  # 1.1 + 1.1 ms
+    # tight requests do queue behind each other: the n-th 4 ms one after `tight` is
+    # predicted at 1.1 ms + L(n + 1) (n + 1 <= 4), then 1.1 + 2 x 1.4 = 3.9 ms up to
+    # n + 1 = 8 rows, then 5.3 ms: refused (with the 8 loose rows counted, at once)
+    for _ in range(7):
+        core.admit(req(slo=0.0040), clock.now())
+    with pytest.raises(Refused):
+        core.admit(req(slo=0.0040), clock.now())
+    core.finish(core.running[0], clock.now(), 0.0)
+    batch = core.next_batch(clock.now())
+    assert batch.tickets[0] is tight
+
+
+def test_a_looser_request_due_first_is_counted_ahead(clock, req):
+    """50 ms requests queued 47 ms ago are due before a new 3.2 ms one: they run first."""
+    core = make_core(max_batch=4)
+    occupy(core, req, clock)
+    for i in range(8):
+        core.admit(req(slo=0.050, request_id=f"old{i}"), clock.now())
+    clock.advance(0.047)  # the old ones have 3 ms left
+    # behind the 8 old rows: three batches of 4 (1.4 ms each) = 4.2 ms > 3.2
+    with pytest.raises(Refused):
+        core.admit(req(slo=0.0032), clock.now())
+    core.admit(req(slo=0.0015, request_id="tighter"), clock.now())  # due before them: 1.1 ms
+
+
+def test_looser_requests_fill_batches_only_up_to_the_tight_class_batch_size(clock, req):
+    """With 3 ms requests about, a batch of 1 s requests is capped at b_slo (L(b) <= 1.5 ms:
+    5 rows), so a 3 ms request arriving meanwhile can wait for it and still make it."""
+    core = make_core(max_batch=8)
+    core.admit(req(slo=0.003, request_id="tight"), clock.now())
+    tight = core.next_batch(clock.now())
+    for i in range(8):
+        core.admit(req(slo=1.0, request_id=f"loose{i}"), clock.now())
+    core.finish(tight, clock.now(), 0.0011)
+    assert core.next_batch(clock.now()).rows == 5
+    # without tight requests among the recent ones the batch takes all 8 (see
+    # test_batch_never_exceeds_max_batch_size): one class, no cap
+    alone = make_core(max_batch=8)
+    for _ in range(8):
+        alone.admit(req(slo=1.0), clock.now())
+    assert alone.next_batch(clock.now()).rows == 8
 
 
 def test_full_queue_is_refused(clock, req):
@@ -364,10 +417,10 @@ def test_unknown_policy_is_rejected():
 def test_admission_counts_only_work_that_outranks_the_request(clock, req):
     core = make_core(max_batch=4)
     occupy(core, req, clock)
-    for _ in range(8):
-        core.admit(req(slo=1.0), clock.now())  # default priority 0
+    for _ in range(8):  # default priority 0; 4.5 and 4 ms are one deadline class
+        core.admit(req(slo=0.0045), clock.now())
     with pytest.raises(Refused):
-        core.admit(req(slo=0.003), clock.now())  # behind 8 rows: 1.1 + 2 x 1.4 ms
+        core.admit(req(slo=0.004), clock.now())  # behind 8 rows: 1.1 + 3 x 1.4 ms
     core.admit(req(slo=0.003, priority=-1), clock.now())  # jumps the queue: 1.1 + 1.1 ms
     assert core.predicted_finish(1, clock.now(), priority=5) - clock.now() > 0.005
     batch_ahead = core.predicted_finish(1, clock.now(), online=False) - clock.now()
