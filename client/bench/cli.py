@@ -1,8 +1,10 @@
 """`kairos bench`: load any Open Inference Protocol (KServe V2) gRPC server.
 
 Closed loop (`--concurrency N`: N requests always in flight) or open loop
-(`--rate R`: Poisson arrivals at R req/s, `--burst` for bursty arrivals,
-`--sweep R1,R2,...` for one point per offered rate). Reports throughput,
+(`--rate R`: Poisson arrivals at R req/s, `--sweep R1,R2,...` for one point per
+offered rate; `--arrival gamma --cv 4` for bursty arrivals at the same mean rate,
+gamma-distributed gaps with that coefficient of variation; `--arrival constant`;
+`--burst` for batch or on/off bursts). Reports throughput,
 latency p50/p90/p99/p99.9, goodput (answers within `--slo-ms` per second),
 errors by gRPC status (with how fast they came back), and, in open loop, how
 late the generator itself was against its schedule.
@@ -12,6 +14,11 @@ so a deadline-aware server (Kairos) can refuse at once what it cannot answer
 in time, and the client stops waiting at the SLO. `--deadline-ms D` sends a
 different deadline (e.g. larger than the SLO, to see how late late answers
 are); `--deadline-ms 0` sends none (Kairos then uses the model's default SLO).
+`--deadline-mix 5:0.5,50:0.5` (open loop) gives each request one of several
+deadlines (ms : share), sent as its gRPC deadline and used as its SLO; every point
+then also reports each class on its own (goodput, attainment, p99, refusals).
+Every point reports `admitted_attainment`: the share of requests not refused at
+admission (RESOURCE_EXHAUSTED) that were answered within their deadline.
 
 Engines: by default this process generates the load (asyncio; near 5k req/s per
 core at most). `--engine native` runs the `kairos-loadgen` program (Rust, built by
@@ -28,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .runner import BenchConfig, run
-from .schedule import parse_burst
+from .schedule import ARRIVALS, parse_burst, parse_deadline_mix
 
 
 def _floats(text: str) -> list[float]:
@@ -39,6 +46,13 @@ def _floats(text: str) -> list[float]:
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError("rates must be positive")
     return values
+
+
+def _deadline_mix(text: str):
+    try:
+        return parse_deadline_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shape(text: str) -> list[int]:
@@ -87,11 +101,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "program (Rust), one run per point")
     engine.add_argument("--connections", type=int, default=1, help="native engine: HTTP/2 connections, round-robin")
     engine.add_argument("--workers", type=int, default=1, help="native engine: worker threads (1: one core)")
-    engine.add_argument("--arrival", choices=("poisson", "constant"), default="poisson",
-                        help="native engine: open-loop arrival process")
+    load.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                      help="open-loop arrival process (gamma: gaps of coefficient of variation --cv)")
+    load.add_argument("--cv", type=float, help="--arrival gamma: coefficient of variation of the gaps, "
+                      "e.g. 4 (1 is Poisson)")
     slo = parser.add_argument_group("objective")
     slo.add_argument("--slo-ms", type=float, default=10.0, help="latency objective for goodput")
     slo.add_argument("--deadline-ms", type=float, help="gRPC deadline per request (default: the SLO; 0: none)")
+    slo.add_argument("--deadline-mix", type=_deadline_mix, metavar="MS:SHARE,...",
+                     help="open loop: deadline classes in one run, e.g. 5:0.5,50:0.5 (each class's "
+                          "deadline is its gRPC deadline and SLO; per-class results)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write JSON (to FILE, or stdout)")
     out.add_argument("--plot", type=Path, metavar="FILE.png", help="latency CDF (+ goodput vs offered load)")
@@ -122,6 +141,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     rates = args.sweep if args.sweep else ([args.rate] if args.rate is not None else [])
     if args.rate is not None and args.rate <= 0:
         raise SystemExit("kairos bench: --rate must be > 0")
+    if args.arrival == "gamma" and (args.cv is None or args.cv <= 0):
+        raise SystemExit("kairos bench: --arrival gamma needs --cv > 0 (e.g. --cv 4)")
+    if args.cv is not None and args.arrival != "gamma":
+        raise SystemExit("kairos bench: --cv goes with --arrival gamma")
+    if args.burst is not None and args.arrival != "poisson":
+        raise SystemExit("kairos bench: --burst and --arrival are alternatives")
+    if args.deadline_mix is not None:
+        if args.concurrency is not None:
+            raise SystemExit("kairos bench: --deadline-mix needs open loop (--rate or --sweep)")
+        if args.deadline_ms is not None:
+            raise SystemExit("kairos bench: --deadline-mix sets each class's deadline; drop --deadline-ms")
     _check_engine(args)
     return BenchConfig(
         url=plain_address(args.url),
@@ -145,6 +175,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         connections=args.connections,
         workers=args.workers,
         arrival=args.arrival,
+        cv=args.cv,
+        deadline_mix=args.deadline_mix,
     )
 
 
@@ -163,8 +195,8 @@ def _check_engine(args: argparse.Namespace) -> None:
             find_loadgen()
         except NativeEngineError as exc:
             raise SystemExit(f"kairos bench: {exc}") from None
-    elif args.arrival != "poisson" or args.connections != 1 or args.workers != 1:
-        raise SystemExit("kairos bench: --arrival, --connections and --workers need --engine native")
+    elif args.connections != 1 or args.workers != 1:
+        raise SystemExit("kairos bench: --connections and --workers need --engine native")
 
 
 def format_point(point: dict[str, Any], slo_ms: float) -> str:
@@ -174,11 +206,24 @@ def format_point(point: dict[str, Any], slo_ms: float) -> str:
         f"offered {point['offered_rate']:g} req/s" if point["mode"] == "open"
         else f"concurrency {point['concurrency']}"
     )
+    if point.get("arrival") == "gamma":
+        head += f" (gamma arrivals, cv {point['cv']:g})"
+    classes = point.get("classes")
+    at = "in its class's deadline" if classes else "in SLO"
     lines = [
         f"{head}: sent {point['send_rate']:.0f}/s, throughput {point['throughput']:.1f}/s, "
-        f"goodput@{slo_ms:g}ms {point['goodput']:.1f}/s ({point['slo_attainment'] * 100:.2f}% in SLO)",
+        f"goodput{'' if classes else f'@{slo_ms:g}ms'} {point['goodput']:.1f}/s "
+        f"({point['slo_attainment'] * 100:.2f}% {at}, {_pct(point.get('admitted_attainment'))} of the admitted)",
         "  latency ms  " + "  ".join(f"{k} {_ms(v)}" for k, v in lat.items()),
     ]
+    for klass in classes or ():
+        refused = klass["requests"] - klass["admitted"]
+        lines.append(
+            f"  class {klass['deadline_ms']:g} ms ({klass['share'] * 100:.0f}%): {klass['requests']} requests, "
+            f"goodput {klass['goodput']:.1f}/s, {klass['slo_attainment'] * 100:.2f}% in deadline, "
+            f"{_pct(klass['admitted_attainment'])} of the admitted, refused {refused}, "
+            f"p99 {_ms(klass['latency_ms']['p99'])} ms"
+        )
     if point["errors"]:
         errs = ", ".join(
             f"{name} {e['count']} (p50 {_ms(e['p50_ms'])} ms)" for name, e in point["errors"].items()
@@ -209,6 +254,16 @@ def format_point(point: dict[str, Any], slo_ms: float) -> str:
     return "\n".join(lines)
 
 
+def _deadlines(config: dict[str, Any]) -> str:
+    if config.get("deadline_mix"):
+        return f"deadline mix {config['deadline_mix']} (ms:share)"
+    return f"deadline {config['deadline_ms'] or 'none'} ms"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -234,7 +289,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.json != "-":
         engine = "engine native" if cfg.engine == "native" else f"loop {result['config']['loop']}"
         print(f"kairos bench: {cfg.model} at {cfg.url}, {cfg.rows} row(s)/request, "
-              f"deadline {result['config']['deadline_ms'] or 'none'} ms, {engine}")
+              f"{_deadlines(result['config'])}, {engine}")
         for point in result["points"]:
             print(format_point(point, cfg.slo_ms))
     if args.plot is not None:

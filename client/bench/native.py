@@ -62,7 +62,7 @@ def _parameter_text(value: Any) -> str:
 def point_arguments(cfg: BenchConfig, rate: float | None, concurrency: int | None) -> list[str]:
     """kairos-loadgen's arguments for one point of `cfg`."""
     if cfg.burst is not None:
-        raise NativeEngineError("--burst is not supported by --engine native (Poisson or constant arrivals only)")
+        raise NativeEngineError("--burst is not supported by --engine native (Poisson, constant or gamma arrivals only)")
     if cfg.metrics_url:
         raise NativeEngineError("--metrics-url is not supported by --engine native")
     argv = [
@@ -77,6 +77,12 @@ def point_arguments(cfg: BenchConfig, rate: float | None, concurrency: int | Non
         argv += ["--input-shape", "x".join(str(d) for d in cfg.input_shape)]
     if cfg.deadline_ms is not None:
         argv += ["--deadline-ms", repr(float(cfg.deadline_ms))]
+    if cfg.arrival == "gamma":
+        argv += ["--cv", repr(float(cfg.cv if cfg.cv is not None else 0.0))]
+    if cfg.deadline_mix:
+        from .schedule import describe_mix
+
+        argv += ["--deadline-mix", describe_mix(cfg.deadline_mix)]
     for key, value in cfg.parameters.items():
         argv += ["--param", f"{key}={_parameter_text(value)}"]
     if cfg.server_pid is not None:
@@ -112,7 +118,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
 
     program = find_loadgen()
     config = {**_config_json(cfg), "loop": "native", "engine": "native", "program": str(program),
-              "connections": cfg.connections, "workers": cfg.workers, "arrival": cfg.arrival}
+              "connections": cfg.connections, "workers": cfg.workers}
     config["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if cfg.concurrency is not None:
         points = [run_point(cfg, concurrency=cfg.concurrency, program=program)]

@@ -33,7 +33,7 @@ from kairos.protos import codec
 from kairos.protos import grpc_service_pb2 as pb
 from kairos.protos import grpc_service_pb2_grpc as pb_grpc
 
-from .schedule import BurstSpec, arrival_times
+from .schedule import BurstSpec, DeadlineClass, arrival_times, class_of_requests, describe_mix
 from .stats import UNFINISHED, Records, kept_up, summarize
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -71,12 +71,29 @@ class BenchConfig:
     engine: str = "python"  # "native": each point is measured by kairos-loadgen (native.py)
     connections: int = 1  # native engine: HTTP/2 connections, round-robin
     workers: int = 1  # native engine: tokio worker threads
-    arrival: str = "poisson"  # native engine: "poisson" or "constant" open-loop arrivals
+    arrival: str = "poisson"  # open-loop arrivals: "poisson", "constant" or "gamma"
+    cv: float | None = None  # gamma arrivals: coefficient of variation of the gaps
+    # deadline classes (open loop): each request's deadline (sent as its gRPC deadline)
+    # and SLO is its class's; slo_ms and deadline_ms are then unused
+    deadline_mix: tuple[DeadlineClass, ...] | None = None
 
     @property
     def timeout_s(self) -> float | None:
         deadline = self.slo_ms if self.deadline_ms is None else self.deadline_ms
         return deadline / 1e3 if deadline and deadline > 0 else None
+
+    @property
+    def timeouts_s(self) -> list[float | None]:
+        """Each deadline class's gRPC deadline (one entry without a mix)."""
+        if not self.deadline_mix:
+            return [self.timeout_s]
+        return [c.deadline_ms / 1e3 for c in self.deadline_mix]
+
+    @property
+    def tightest_slo_s(self) -> float:
+        if not self.deadline_mix:
+            return self.slo_ms / 1e3
+        return min(c.deadline_ms for c in self.deadline_mix) / 1e3
 
 
 # ---------------------------------------------------------------- the request
@@ -156,11 +173,13 @@ class Engine:
         self.on_complete: Callable[[], None] | None = None
         self.closed = False  # after close, late answers are not recorded
 
-    def fire(self, scheduled: float | None = None) -> None:
+    def fire(self, scheduled: float | None = None, timeout: float | None = None, klass: int = -1) -> None:
         now = time.perf_counter()
-        call = self._infer(self._payload, timeout=self._timeout)
+        call = self._infer(self._payload, timeout=self._timeout if klass < 0 else timeout)
         records = self.records
         index = len(records.sent)
+        if klass >= 0:
+            records.classes.append(klass)
         records.scheduled.append(now if scheduled is None else scheduled)
         records.sent.append(now)
         records.ended.append(0.0)
@@ -181,15 +200,24 @@ class Engine:
             self.idle.set()
 
 
-async def _send_schedule(engine: Engine, times: list[float]) -> None:
-    """Send each request at its time; when late, send at once and note it."""
+async def _send_schedule(engine: Engine, times: list[float], classes: list[int] | None = None,
+                         timeouts: list[float | None] | None = None) -> None:
+    """Send each request at its time (with its class's deadline, given classes); when
+    late, send at once and note it."""
     clock = time.perf_counter
+    fire = engine.fire
     i, n = 0, len(times)
     while i < n:
         now = clock()
-        while i < n and times[i] <= now:
-            engine.fire(times[i])
-            i += 1
+        if classes is None:
+            while i < n and times[i] <= now:
+                fire(times[i])
+                i += 1
+        else:
+            while i < n and times[i] <= now:
+                klass = classes[i]
+                fire(times[i], timeouts[klass], klass)
+                i += 1
         if i < n:
             # asyncio timers resolve to about 1 ms; sleeping to the next arrival
             # and then sending everything due keeps lateness within that.
@@ -398,13 +426,17 @@ async def run_point(cfg: BenchConfig, rate: float | None = None, concurrency: in
             window = await _drive(engine, probe, cfg, rate, concurrency)
         finally:
             gc.enable()
-    summary = summarize(engine.records, window, cfg.slo_ms / 1e3, cfg.rows, open_loop=rate is not None)
+    summary = summarize(engine.records, window, cfg.slo_ms / 1e3, cfg.rows, open_loop=rate is not None,
+                        mix=cfg.deadline_mix if rate is not None else None)
     point: dict[str, Any] = {"mode": "open" if rate is not None else "closed"}
     if rate is not None:
         point["offered_rate"] = rate
+        point["arrival"] = cfg.arrival
+        point["cv"] = cfg.cv if cfg.arrival == "gamma" else None
         point["burst"] = cfg.burst.describe() if cfg.burst else None
+        point["deadline_mix"] = describe_mix(cfg.deadline_mix) if cfg.deadline_mix else None
         point.update(summary)
-        point["kept_up"] = kept_up(summary, rate, cfg.slo_ms / 1e3)
+        point["kept_up"] = kept_up(summary, rate, cfg.tightest_slo_s)
     else:
         point["concurrency"] = concurrency
         point.update(summary)
@@ -419,14 +451,18 @@ async def _drive(
     window = (start + cfg.warmup_s, start + cfg.warmup_s + cfg.duration_s)
     probe_task = asyncio.ensure_future(probe.run(*window))
     if rate is not None:
-        offsets = arrival_times(rate, cfg.warmup_s + cfg.duration_s, cfg.burst, cfg.seed)
-        await _send_schedule(engine, (offsets + start).tolist())
+        offsets = arrival_times(rate, cfg.warmup_s + cfg.duration_s, cfg.burst, cfg.seed, cfg.arrival, cfg.cv)
+        classes = None
+        if cfg.deadline_mix:
+            classes = class_of_requests(len(offsets), cfg.deadline_mix, cfg.seed).tolist()
+        await _send_schedule(engine, (offsets + start).tolist(), classes, cfg.timeouts_s)
     else:
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
         _closed_loop(engine, concurrency or 1, window[1])
         await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
     await probe_task
-    wait = (cfg.timeout_s or cfg.drain_s) + 2.0
+    longest = [t for t in cfg.timeouts_s if t]
+    wait = (max(longest) if len(longest) == len(cfg.timeouts_s) else cfg.drain_s) + 2.0
     if engine.outstanding:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(engine.idle.wait(), timeout=wait)
@@ -451,6 +487,9 @@ def _config_json(cfg: BenchConfig) -> dict[str, Any]:
         "concurrency": cfg.concurrency,
         "rates": cfg.rates,
         "burst": cfg.burst.describe() if cfg.burst else None,
+        "arrival": cfg.arrival,
+        "cv": cfg.cv,
+        "deadline_mix": describe_mix(cfg.deadline_mix) if cfg.deadline_mix else None,
         "duration_s": cfg.duration_s,
         "warmup_s": cfg.warmup_s,
         "slo_ms": cfg.slo_ms,
@@ -472,8 +511,6 @@ def run(cfg: BenchConfig, loop: str = "auto") -> dict[str, Any]:
         return run_native(cfg)
     if cfg.engine != "python":
         raise ValueError(f"engine must be 'python' or 'native', not {cfg.engine!r}")
-    if cfg.arrival != "poisson":
-        raise ValueError(f"--arrival {cfg.arrival} needs --engine native")
     if loop in ("auto", "uvloop"):
         try:
             import uvloop

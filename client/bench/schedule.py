@@ -3,6 +3,13 @@
 Schedules are computed up front (numpy, seeded) so that sending costs one
 comparison per request and the same seed replays the same arrivals. Times are
 seconds from the start of the run, sorted ascending.
+
+Besides Poisson (and the bursts below): `constant` (evenly spaced) and `gamma`
+(gamma-distributed gaps of mean 1/rate and a chosen coefficient of variation: cv 1
+is Poisson, cv 4 sends most requests in tight clusters between long silences).
+A deadline mix (`5:0.5,50:0.5`: deadline ms : share) gives each request one of
+several deadlines, drawn per request from its own seeded stream, so the same seed
+replays the same arrivals and the same classes.
 """
 
 from __future__ import annotations
@@ -75,10 +82,92 @@ def burst_times(rate: float, horizon_s: float, spec: BurstSpec, rng: np.random.G
     return times[times < horizon_s]
 
 
+def gamma_times(rate: float, cv: float, horizon_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times in [0, horizon_s) whose gaps are gamma(shape 1/cv^2), mean 1/rate."""
+    if rate <= 0 or horizon_s <= 0:
+        return np.empty(0)
+    if cv <= 0:
+        raise ValueError("the coefficient of variation must be > 0")
+    shape = 1.0 / (cv * cv)
+    scale = 1.0 / (rate * shape)
+    expected = rate * horizon_s
+    # the count over the horizon varies with cv: draw in chunks until past it
+    chunk = int(expected + 6 * cv * np.sqrt(expected) + 16)
+    times = np.cumsum(rng.gamma(shape, scale, chunk))
+    while times[-1] < horizon_s:
+        times = np.concatenate([times, times[-1] + np.cumsum(rng.gamma(shape, scale, chunk))])
+    return times[times < horizon_s]
+
+
+def constant_times(rate: float, horizon_s: float) -> np.ndarray:
+    """Evenly spaced sends, 1/rate apart, from 0."""
+    if rate <= 0 or horizon_s <= 0:
+        return np.empty(0)
+    times = np.arange(int(np.ceil(rate * horizon_s))) / rate
+    return times[times < horizon_s]
+
+
+ARRIVALS = ("poisson", "constant", "gamma")
+
+
 def arrival_times(
-    rate: float, horizon_s: float, burst: BurstSpec | None = None, seed: int = 0
+    rate: float,
+    horizon_s: float,
+    burst: BurstSpec | None = None,
+    seed: int = 0,
+    arrival: str = "poisson",
+    cv: float | None = None,
 ) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    if burst is None:
-        return poisson_times(rate, horizon_s, rng)
-    return burst_times(rate, horizon_s, burst, rng)
+    if burst is not None:
+        return burst_times(rate, horizon_s, burst, rng)
+    if arrival == "gamma":
+        if cv is None:
+            raise ValueError("gamma arrivals need a coefficient of variation (--cv)")
+        return gamma_times(rate, cv, horizon_s, rng)
+    if arrival == "constant":
+        return constant_times(rate, horizon_s)
+    if arrival != "poisson":
+        raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, not {arrival!r}")
+    return poisson_times(rate, horizon_s, rng)
+
+
+@dataclass(frozen=True)
+class DeadlineClass:
+    deadline_ms: float
+    share: float  # normalized: the shares of a mix add up to 1
+
+
+def parse_deadline_mix(text: str) -> tuple[DeadlineClass, ...]:
+    """`5:0.5,50:0.5`: deadline ms : share, comma-separated; shares are normalized."""
+    classes = []
+    try:
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            ms, sep, share = part.partition(":")
+            classes.append((float(ms), float(share) if sep else 1.0))
+    except ValueError:
+        classes = []
+    total = sum(share for _, share in classes)
+    deadlines = [ms for ms, _ in classes]
+    if (not classes or any(ms <= 0 or share < 0 for ms, share in classes) or total <= 0
+            or len(set(deadlines)) != len(deadlines)):
+        raise ValueError(
+            f"--deadline-mix must be DEADLINE_MS:SHARE,... with distinct positive deadlines "
+            f"and shares >= 0 (e.g. 5:0.5,50:0.5), not {text!r}"
+        )
+    return tuple(DeadlineClass(ms, share / total) for ms, share in classes)
+
+
+def describe_mix(mix: tuple[DeadlineClass, ...]) -> str:
+    return ",".join(f"{c.deadline_ms:g}:{c.share:g}" for c in mix)
+
+
+def class_of_requests(count: int, mix: tuple[DeadlineClass, ...], seed: int = 0) -> np.ndarray:
+    """The deadline class (an index into `mix`) of each of `count` requests in send
+    order, from a stream of its own (the arrival times do not depend on the mix)."""
+    rng = np.random.default_rng([seed, 0x6D6978])  # "mix"
+    bounds = np.cumsum([c.share for c in mix])
+    bounds[-1] = 1.0
+    return np.searchsorted(bounds, rng.random(count), side="right").clip(0, len(mix) - 1)

@@ -1,13 +1,21 @@
 """Turning per-request records into the numbers a benchmark reports.
 
-A record is (scheduled send time, actual send time, end time, status code),
-all seconds on one perf_counter clock. Only requests *scheduled* inside the
+A record is (scheduled send time, actual send time, end time, status code, and
+with a deadline mix its class), all seconds on one perf_counter clock. Only requests *scheduled* inside the
 measurement window count, and every count is divided by the window length, so
 throughput and goodput are per second of offered load, not of drain time.
+
+*Admitted* requests are those the server did not refuse at admission
+(RESOURCE_EXHAUSTED: it predicted it could not meet the deadline, or its queue
+was full); `admitted_attainment` is the share of them answered within the
+deadline (a request the server expired, DEADLINE_EXCEEDED, counts as admitted
+and missed). With a deadline mix, each request's goodput is judged against its
+own class's deadline, and every class gets the same figures of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +27,7 @@ CDF_POINTS = 101  # quantiles kept in JSON so plots can be redrawn without raw d
 UNFINISHED = -1  # status code of a request still outstanding when the run gave up on it
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+REFUSED_AT_ADMISSION = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
 def status_name(code: int) -> str:
@@ -35,6 +44,7 @@ class Records:
     sent: list[float] = field(default_factory=list)
     ended: list[float] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)
+    classes: list[int] = field(default_factory=list)  # deadline class per request (a mix)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (
@@ -71,8 +81,10 @@ def summarize(
     slo_s: float,
     rows: int,
     open_loop: bool,
+    mix: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """Throughput, latency percentiles, goodput, errors by status and lateness."""
+    """Throughput, latency percentiles, goodput, errors by status and lateness; with
+    `mix` (DeadlineClass-like: .deadline_ms, .share) per-class figures under "classes"."""
     scheduled, sent, ended, codes = records.arrays()
     start, end = window
     duration = end - start
@@ -81,24 +93,44 @@ def summarize(
     measured = (scheduled >= start) & (scheduled < end)
     scheduled, sent, ended, codes = scheduled[measured], sent[measured], ended[measured], codes[measured]
     latency = ended - sent
+    if mix:
+        classes = np.asarray(records.classes, dtype=np.int64)[measured]
+        slo = np.asarray([c.deadline_ms / 1e3 for c in mix])[classes]
+    else:
+        classes, slo = None, slo_s
+    summary = _figures(codes, latency, slo, duration, rows)
+    summary["send_rate"] = round(sent_in_window / duration, 2)
+    summary = {"duration_s": round(duration, 4), **summary}
+    if open_loop:
+        summary["lateness_ms"] = _lateness(sent - scheduled)
+    if mix and classes is not None:
+        summary["classes"] = []
+        for index, klass in enumerate(mix):
+            mine = classes == index
+            figures = _figures(codes[mine], latency[mine], klass.deadline_ms / 1e3, duration, rows)
+            figures.pop("latency_cdf_ms")
+            summary["classes"].append({"deadline_ms": klass.deadline_ms, "share": klass.share, **figures})
+    return summary
+
+
+def _figures(codes: np.ndarray, latency: np.ndarray, slo: Any, duration: float, rows: int) -> dict[str, Any]:
     ok = codes == grpc.StatusCode.OK.value[0]
-    good = ok & (latency <= slo_s)
-    summary: dict[str, Any] = {
-        "duration_s": round(duration, 4),
-        "requests": int(measured.sum()),
+    good = ok & (latency <= slo)
+    requests = int(codes.size)
+    admitted = requests - int((codes == REFUSED_AT_ADMISSION).sum())
+    return {
+        "requests": requests,
         "ok": int(ok.sum()),
-        "send_rate": round(sent_in_window / duration, 2),
         "throughput": round(ok.sum() / duration, 2),
         "goodput": round(good.sum() / duration, 2),
         "rows_per_s": round(ok.sum() * rows / duration, 2),
-        "slo_attainment": round(float(good.sum() / max(1, measured.sum())), 5),
+        "slo_attainment": round(float(good.sum() / max(1, requests)), 5),
+        "admitted": admitted,
+        "admitted_attainment": round(float(good.sum() / admitted), 5) if admitted else None,
         "latency_ms": percentiles_ms(latency[ok]),
         "latency_cdf_ms": cdf_ms(latency[ok]),
         "errors": _errors(codes, latency),
     }
-    if open_loop:
-        summary["lateness_ms"] = _lateness(sent - scheduled)
-    return summary
 
 
 def _errors(codes: np.ndarray, latency: np.ndarray) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,8 @@ pub enum Arrival {
     Poisson,
     /// Evenly spaced sends, 1/rate apart.
     Constant,
+    /// Gamma-distributed gaps of mean 1/rate and coefficient of variation --cv (bursty: cv > 1).
+    Gamma,
 }
 
 impl Arrival {
@@ -23,6 +25,7 @@ impl Arrival {
         match self {
             Arrival::Poisson => "poisson",
             Arrival::Constant => "constant",
+            Arrival::Gamma => "gamma",
         }
     }
 }
@@ -52,6 +55,17 @@ pub struct InputSpec {
     pub datatype: String,
     pub dims: Vec<i64>,
 }
+
+/// One deadline class of a mix: its deadline (ms) and its share of requests (normalized).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeadlineClass {
+    pub deadline_ms: f64,
+    pub share: f64,
+}
+
+/// The classes of a `--deadline-mix`, in the order given.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeadlineMix(pub Vec<DeadlineClass>);
 
 /// A request parameter value (the `InferParameter` oneof).
 #[derive(Clone, Debug, PartialEq)]
@@ -102,6 +116,13 @@ pub struct Args {
     /// Open loop: arrival process
     #[arg(long, value_enum, default_value_t = Arrival::Poisson)]
     pub arrival: Arrival,
+    /// --arrival gamma: coefficient of variation of the gaps (1 is Poisson; e.g. 4)
+    #[arg(long, value_parser = positive)]
+    pub cv: Option<f64>,
+    /// Open loop: deadline classes DEADLINE_MS:SHARE,... (e.g. 5:0.5,50:0.5): each request gets
+    /// one, drawn from --seed, as its gRPC deadline and its SLO; results per class too
+    #[arg(long, value_parser = parse_mix, value_name = "MS:SHARE,...")]
+    pub deadline_mix: Option<DeadlineMix>,
     /// Closed loop: requests always in flight
     #[arg(long, short = 'c', value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: Option<u32>,
@@ -150,6 +171,31 @@ impl Args {
         (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1e3))
     }
 
+    /// Each deadline class's (deadline, SLO ms): the mix's, or the one of --deadline-ms/--slo-ms.
+    pub fn classes(&self) -> Vec<(Option<Duration>, f64)> {
+        match &self.deadline_mix {
+            Some(mix) => mix
+                .0
+                .iter()
+                .map(|c| {
+                    (
+                        Some(Duration::from_secs_f64(c.deadline_ms / 1e3)),
+                        c.deadline_ms,
+                    )
+                })
+                .collect(),
+            None => vec![(self.deadline(), self.slo_ms)],
+        }
+    }
+
+    /// The tightest SLO of the run, ms (what the generator's own lateness is judged against).
+    pub fn tightest_slo_ms(&self) -> f64 {
+        self.classes()
+            .iter()
+            .map(|(_, slo)| *slo)
+            .fold(f64::INFINITY, f64::min)
+    }
+
     /// `http://host:port` for tonic, from host:port or grpc://host:port.
     pub fn endpoint_uri(&self) -> Result<String, String> {
         let url = self.url.trim().trim_end_matches('/');
@@ -176,6 +222,21 @@ impl Args {
         if self.input_shape.is_some() && !self.inputs.is_empty() {
             return Err("--input-shape goes with --from-metadata, not --input".into());
         }
+        match (self.arrival, self.cv) {
+            (Arrival::Gamma, None) => return Err("--arrival gamma needs --cv (e.g. --cv 4)".into()),
+            (Arrival::Poisson | Arrival::Constant, Some(_)) => {
+                return Err("--cv goes with --arrival gamma".into())
+            }
+            _ => {}
+        }
+        if self.deadline_mix.is_some() {
+            if self.rate.is_none() {
+                return Err("--deadline-mix needs open loop (--rate)".into());
+            }
+            if self.deadline_ms.is_some() {
+                return Err("--deadline-mix sets each class's deadline; drop --deadline-ms".into());
+            }
+        }
         if let Some(rate) = self.rate {
             let expected = rate * (self.warmup + self.duration);
             if expected > 200e6 {
@@ -200,6 +261,46 @@ fn non_negative(text: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("expected a number >= 0, not {text:?}")),
     }
+}
+
+/// `5:0.5,50:0.5`: distinct positive deadlines (ms) with shares >= 0, normalized to add up to 1.
+pub fn parse_mix(text: &str) -> Result<DeadlineMix, String> {
+    let bad = || {
+        format!(
+            "expected DEADLINE_MS:SHARE,... with distinct positive deadlines and shares >= 0 \
+             (e.g. 5:0.5,50:0.5), not {text:?}"
+        )
+    };
+    let mut classes = Vec::new();
+    for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+        let (ms, share) = match part.split_once(':') {
+            Some((ms, share)) => (ms.trim().parse::<f64>(), share.trim().parse::<f64>()),
+            None => (part.trim().parse::<f64>(), Ok(1.0)),
+        };
+        match (ms, share) {
+            (Ok(ms), Ok(share))
+                if ms.is_finite() && ms > 0.0 && share.is_finite() && share >= 0.0 =>
+            {
+                classes.push(DeadlineClass {
+                    deadline_ms: ms,
+                    share,
+                })
+            }
+            _ => return Err(bad()),
+        }
+    }
+    let total: f64 = classes.iter().map(|c| c.share).sum();
+    let distinct = classes
+        .iter()
+        .enumerate()
+        .all(|(i, c)| classes[..i].iter().all(|d| d.deadline_ms != c.deadline_ms));
+    if classes.is_empty() || classes.len() > 255 || total <= 0.0 || !distinct {
+        return Err(bad());
+    }
+    for c in &mut classes {
+        c.share /= total;
+    }
+    Ok(DeadlineMix(classes))
 }
 
 /// `1x256`, `1,256` or `256`: non-negative dims.
@@ -339,6 +440,37 @@ mod tests {
             "--from-metadata"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn gamma_needs_a_cv_and_mixes_parse_and_normalize() {
+        assert!(args(&["--rate", "10", "--arrival", "gamma"])
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(args(&["--rate", "10", "--cv", "4"])
+            .unwrap()
+            .validate()
+            .is_err());
+        let a = args(&["--rate", "10", "--arrival", "gamma", "--cv", "4"]).unwrap();
+        assert!(a.validate().is_ok());
+        assert_eq!(a.cv, Some(4.0));
+        let mix = parse_mix("5:1,50:3").unwrap().0;
+        assert_eq!(mix[0].deadline_ms, 5.0);
+        assert!((mix[0].share - 0.25).abs() < 1e-12 && (mix[1].share - 0.75).abs() < 1e-12);
+        for bad in ["", "5:0.5,5:0.5", "0:1", "5:-1", "a:1", "5:0"] {
+            assert!(parse_mix(bad).is_err(), "{bad}");
+        }
+        let a = args(&["--rate", "10", "--deadline-mix", "5:0.5,50:0.5"]).unwrap();
+        assert!(a.validate().is_ok());
+        let classes = a.classes();
+        assert_eq!(classes.len(), 2);
+        assert_eq!(classes[1], (Some(Duration::from_millis(50)), 50.0));
+        assert_eq!(a.tightest_slo_ms(), 5.0);
+        let a = args(&["--rate", "1", "--deadline-mix", "5", "--deadline-ms", "3"]).unwrap();
+        assert!(a.validate().is_err());
+        let a = args(&["--concurrency", "1", "--deadline-mix", "5"]).unwrap();
+        assert!(a.validate().is_err());
     }
 
     #[test]

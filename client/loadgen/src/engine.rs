@@ -31,7 +31,8 @@ enum Transport {
         payload: Bytes,
         codec: RawCodec,
         path: PathAndQuery,
-        timeout: Option<MetadataValue<tonic::metadata::Ascii>>,
+        /// grpc-timeout per deadline class
+        timeouts: Vec<Option<MetadataValue<tonic::metadata::Ascii>>>,
     },
     H2(H2Target),
 }
@@ -54,17 +55,20 @@ impl Target {
         }
     }
 
-    /// Calls through tonic channels (one HTTP/2 connection each).
-    pub fn tonic(channels: Vec<Channel>, payload: Bytes, deadline: Option<Duration>) -> Self {
+    /// Calls through tonic channels (one HTTP/2 connection each); one deadline per class.
+    pub fn tonic(channels: Vec<Channel>, payload: Bytes, deadlines: &[Option<Duration>]) -> Self {
         let codec = RawCodec::for_payload(payload.len());
-        let timeout = deadline.and_then(|d| MetadataValue::try_from(grpc_timeout(d)).ok());
+        let timeouts = deadlines
+            .iter()
+            .map(|d| d.and_then(|d| MetadataValue::try_from(grpc_timeout(d)).ok()))
+            .collect();
         let path = PathAndQuery::from_static(INFER_PATH);
         Self::with(Transport::Tonic {
             channels,
             payload,
             codec,
             path,
-            timeout,
+            timeouts,
         })
     }
 
@@ -73,15 +77,16 @@ impl Target {
         Self::with(Transport::H2(target))
     }
 
-    /// One ModelInfer on connection `index % connections`; its numeric gRPC status.
-    pub async fn call(&self, index: usize) -> i32 {
+    /// One ModelInfer of deadline class `class` on connection `index % connections`; its
+    /// numeric gRPC status.
+    pub async fn call(&self, index: usize, class: usize) -> i32 {
         match &self.transport {
             Transport::Tonic {
                 channels,
                 payload,
                 codec,
                 path,
-                timeout,
+                timeouts,
             } => {
                 let channel = channels[index % channels.len()].clone();
                 let mut grpc = Grpc::new(channel);
@@ -89,7 +94,7 @@ impl Target {
                     return Code::Unavailable as i32;
                 }
                 let mut request = Request::new(payload.clone());
-                if let Some(value) = timeout {
+                if let Some(value) = &timeouts[class] {
                     request.metadata_mut().insert("grpc-timeout", value.clone());
                 }
                 match grpc
@@ -105,7 +110,7 @@ impl Target {
                 }
             }
             Transport::H2(target) => {
-                let (code, message) = target.call(index).await;
+                let (code, message) = target.call(index, class).await;
                 if let Some(message) = message {
                     self.note(code, &message);
                 }
@@ -221,10 +226,12 @@ impl Tracker {
     }
 }
 
-/// Fire request i at `t0 + times[i]`; wait up to `drain` for the last answers.
+/// Fire request i (deadline class `classes[i]`, or 0 without classes) at `t0 + times[i]`; wait
+/// up to `drain` for the last answers.
 pub async fn open_loop(
     target: Arc<Target>,
     times: &[u64],
+    classes: &[u8],
     t0: Instant,
     spin: Duration,
     drain: Duration,
@@ -256,10 +263,11 @@ pub async fn open_loop(
         }
         tracker.outstanding.fetch_add(1, Ordering::AcqRel);
         let (target, slots, tracker) = (target.clone(), slots.clone(), tracker.clone());
+        let class = classes.get(i).map_or(0, |c| *c as usize);
         tokio::spawn(async move {
             let slot = &slots[i];
             slot.sent.store(since(t0), Ordering::Relaxed);
-            let code = target.call(i).await;
+            let code = target.call(i, class).await;
             slot.ended.store(since(t0), Ordering::Relaxed);
             slot.code.store(code, Ordering::Release);
             tracker.done();
@@ -280,6 +288,7 @@ pub async fn open_loop(
         records.ended.push(slot.ended.load(Ordering::Relaxed));
         records.codes.push(code);
     }
+    records.classes = classes.to_vec();
     records
 }
 
@@ -306,7 +315,7 @@ pub async fn closed_loop(
                     break;
                 }
                 push(&shard, sent);
-                let code = target.call(index).await;
+                let code = target.call(index, 0).await;
                 finish(&shard, since(t0), code);
                 index += concurrency;
             }

@@ -19,9 +19,10 @@ use crate::stats::OK;
 pub struct H2Target {
     senders: Vec<SendRequest<Bytes>>,
     uri: Uri,
-    headers: HeaderMap,
+    /// Per deadline class: the headers (its grpc-timeout) and the client-side deadline.
+    headers: Vec<HeaderMap>,
     frame: Bytes,
-    deadline: Option<Duration>,
+    deadlines: Vec<Option<Duration>>,
 }
 
 /// The gRPC length-prefixed message: flag 0 (uncompressed), big-endian length, bytes.
@@ -34,13 +35,14 @@ pub fn grpc_frame(message: &[u8]) -> Bytes {
 }
 
 impl H2Target {
-    /// `authority` is host:port; `path` the method's path.
+    /// `authority` is host:port; `path` the method's path; `timeouts` one (deadline, grpc-timeout
+    /// value) or none per deadline class.
     pub async fn connect(
         authority: &str,
         path: &str,
         connections: usize,
         message: &[u8],
-        timeout: Option<(Duration, String)>,
+        timeouts: Vec<Option<(Duration, String)>>,
     ) -> Result<Self, String> {
         let uri: Uri = format!("http://{authority}{path}")
             .parse()
@@ -73,25 +75,34 @@ impl H2Target {
         headers.insert("content-type", HeaderValue::from_static("application/grpc"));
         headers.insert("te", HeaderValue::from_static("trailers"));
         headers.insert("user-agent", HeaderValue::from_static("kairos-loadgen"));
-        let deadline = timeout.as_ref().map(|(d, _)| *d);
-        if let Some((_, value)) = timeout {
-            let value = HeaderValue::try_from(value).map_err(|e| format!("grpc-timeout: {e}"))?;
-            headers.insert("grpc-timeout", value);
+        let deadlines = timeouts
+            .iter()
+            .map(|t| t.as_ref().map(|(d, _)| *d))
+            .collect();
+        let mut per_class = Vec::with_capacity(timeouts.len());
+        for timeout in timeouts {
+            let mut headers = headers.clone();
+            if let Some((_, value)) = timeout {
+                let value =
+                    HeaderValue::try_from(value).map_err(|e| format!("grpc-timeout: {e}"))?;
+                headers.insert("grpc-timeout", value);
+            }
+            per_class.push(headers);
         }
         Ok(H2Target {
             senders,
             uri,
-            headers,
+            headers: per_class,
             frame: grpc_frame(message),
-            deadline,
+            deadlines,
         })
     }
 
-    /// One call on connection `index % connections`; its numeric gRPC status and, for errors,
-    /// a message.
-    pub async fn call(&self, index: usize) -> (i32, Option<String>) {
-        let exchange = self.exchange(index);
-        match self.deadline {
+    /// One call of deadline class `class` on connection `index % connections`; its numeric gRPC
+    /// status and, for errors, a message.
+    pub async fn call(&self, index: usize, class: usize) -> (i32, Option<String>) {
+        let exchange = self.exchange(index, class);
+        match self.deadlines[class] {
             None => exchange.await,
             Some(deadline) => match tokio::time::timeout(deadline, exchange).await {
                 Ok(outcome) => outcome,
@@ -104,7 +115,7 @@ impl H2Target {
         }
     }
 
-    async fn exchange(&self, index: usize) -> (i32, Option<String>) {
+    async fn exchange(&self, index: usize, class: usize) -> (i32, Option<String>) {
         let sender = self.senders[index % self.senders.len()].clone();
         let mut sender = match sender.ready().await {
             Ok(sender) => sender,
@@ -113,7 +124,7 @@ impl H2Target {
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
+        *request.headers_mut() = self.headers[class].clone();
         let (response, mut stream) = match sender.send_request(request, false) {
             Ok(pair) => pair,
             Err(e) => return h2_failure(&e),

@@ -88,6 +88,17 @@ fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The mix as `kairos bench` spells it (ms:share,...), or None.
+fn mix_text(args: &Args) -> Option<String> {
+    args.deadline_mix.as_ref().map(|mix| {
+        mix.0
+            .iter()
+            .map(|c| format!("{}:{}", c.deadline_ms, c.share))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (v * scale).round() / scale
@@ -179,18 +190,22 @@ async fn measure(args: Arc<Args>) -> Result<Map<String, Value>, Failure> {
     };
     let payload = request::encode(&request::build_request(&specs, &options));
     let payload_bytes = payload.len();
-    let deadline = args.deadline();
+    let classes = args.classes();
+    let deadlines: Vec<Option<Duration>> = classes.iter().map(|(d, _)| *d).collect();
     let target = Arc::new(match args.transport {
         args::Transport::Tonic => {
-            Target::tonic(connect(&args, args.connections).await?, payload, deadline)
+            Target::tonic(connect(&args, args.connections).await?, payload, &deadlines)
         }
         args::Transport::H2 => {
             let uri = args.endpoint_uri().map_err(bad_args)?;
             let authority = uri.trim_start_matches("http://");
-            let timeout = deadline.map(|d| (d, engine::grpc_timeout(d)));
+            let timeouts = deadlines
+                .iter()
+                .map(|d| d.map(|d| (d, engine::grpc_timeout(d))))
+                .collect();
             let conns = args.connections as usize;
             let h2 =
-                h2conn::H2Target::connect(authority, engine::INFER_PATH, conns, &payload, timeout)
+                h2conn::H2Target::connect(authority, engine::INFER_PATH, conns, &payload, timeouts)
                     .await
                     .map_err(failed)?;
             Target::h2(h2)
@@ -200,16 +215,32 @@ async fn measure(args: Arc<Args>) -> Result<Map<String, Value>, Failure> {
         Duration::from_secs_f64(args.warmup),
         Duration::from_secs_f64(args.duration),
     );
-    let drain = deadline.unwrap_or(Duration::from_secs_f64(args.drain_s)) + Duration::from_secs(2);
+    // the longest deadline, or --drain-s when some class has none
+    let longest = deadlines
+        .iter()
+        .try_fold(Duration::ZERO, |m, d| d.map(|d| m.max(d)));
+    let drain = longest.unwrap_or(Duration::from_secs_f64(args.drain_s)) + Duration::from_secs(2);
+    let cv = args.cv.unwrap_or(1.0);
     let times = args.rate.map(|rate| {
-        schedule::send_times(args.arrival, rate, args.warmup + args.duration, args.seed)
+        schedule::send_times(
+            args.arrival,
+            rate,
+            args.warmup + args.duration,
+            args.seed,
+            cv,
+        )
     });
+    let mix = args.deadline_mix.clone().unwrap_or_default().0;
+    let request_classes = match (&times, mix.is_empty()) {
+        (Some(times), false) => schedule::classes(times.len(), &mix, args.seed),
+        _ => Vec::new(),
+    };
     let t0 = Instant::now() + Duration::from_millis(20);
     let prober = tokio::spawn(probe(t0, warmup, warmup + duration, args.server_pid));
     let records = match (&times, args.concurrency) {
         (Some(times), _) => {
             let spin = Duration::from_micros(u64::from(args.spin_us));
-            engine::open_loop(target.clone(), times, t0, spin, drain).await
+            engine::open_loop(target.clone(), times, &request_classes, t0, spin, drain).await
         }
         (None, Some(c)) => {
             tokio::time::sleep_until(t0.into()).await;
@@ -227,6 +258,7 @@ async fn measure(args: Arc<Args>) -> Result<Map<String, Value>, Failure> {
         slo_ms: args.slo_ms,
         rows: args.rows_in(&specs),
         open_loop: args.rate.is_some(),
+        mix: mix.iter().map(|c| (c.deadline_ms, c.share)).collect(),
     };
     let mut summary = stats::summarize(&records, &window);
     let messages: Map<String, Value> = target
@@ -265,10 +297,12 @@ fn point(
             out.insert("mode".into(), json!("open"));
             out.insert("offered_rate".into(), json!(rate));
             out.insert("arrival".into(), json!(args.arrival.name()));
+            out.insert("cv".into(), json!(args.cv));
             out.insert("burst".into(), Value::Null);
+            out.insert("deadline_mix".into(), json!(mix_text(args)));
             out.insert(
                 "kept_up".into(),
-                json!(stats::kept_up(&summary, rate, args.slo_ms)),
+                json!(stats::kept_up(&summary, rate, args.tightest_slo_ms())),
             );
         }
         None => {
@@ -303,6 +337,7 @@ fn point(
         json!({
             "url": args.url, "model": args.model, "model_version": args.model_version,
             "rate": args.rate, "concurrency": args.concurrency, "arrival": args.arrival.name(),
+            "cv": args.cv, "deadline_mix": mix_text(args),
             "warmup_s": args.warmup, "duration_s": args.duration, "seed": args.seed,
             "slo_ms": args.slo_ms, "deadline_ms": args.deadline().map(|d| d.as_secs_f64() * 1e3),
             "rows": args.rows, "payload_bytes": payload_bytes, "server_pid": args.server_pid,

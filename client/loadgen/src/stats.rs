@@ -3,12 +3,17 @@
 //!
 //! Only requests *scheduled* inside the measured window count, and counts are divided by the
 //! window's length. Percentiles interpolate linearly between ranks, as numpy's default does.
+//!
+//! *Admitted* requests are those not refused at admission (RESOURCE_EXHAUSTED); a request the
+//! server expired (DEADLINE_EXCEEDED) counts as admitted and missed. With a deadline mix each
+//! request is judged against its own class's deadline, and each class gets its own figures.
 
 use serde_json::{json, Map, Value};
 
 /// Status of a request still outstanding when the run stopped waiting for it.
 pub const UNFINISHED: i32 = -1;
 pub const OK: i32 = 0;
+const RESOURCE_EXHAUSTED: i32 = 8;
 
 const CODE_NAMES: [&str; 17] = [
     "OK",
@@ -48,6 +53,8 @@ pub struct Records {
     pub sent: Vec<u64>,
     pub ended: Vec<u64>,
     pub codes: Vec<i32>,
+    /// Deadline class of each request (empty: one class).
+    pub classes: Vec<u8>,
 }
 
 impl Records {
@@ -57,6 +64,7 @@ impl Records {
             sent: Vec::with_capacity(n),
             ended: Vec::with_capacity(n),
             codes: Vec::with_capacity(n),
+            classes: Vec::new(),
         }
     }
 
@@ -69,6 +77,7 @@ impl Records {
         self.sent.extend(other.sent);
         self.ended.extend(other.ended);
         self.codes.extend(other.codes);
+        self.classes.extend(other.classes);
     }
 }
 
@@ -115,12 +124,15 @@ pub fn cdf_ms(sorted: &[f64]) -> Vec<f64> {
 }
 
 /// What summarize needs besides the records.
+#[derive(Clone)]
 pub struct Window {
     pub start_ns: u64,
     pub end_ns: u64,
     pub slo_ms: f64,
     pub rows: u32,
     pub open_loop: bool,
+    /// A deadline mix: (deadline ms, share) per class, indexed by `Records::classes`.
+    pub mix: Vec<(f64, f64)>,
 }
 
 /// Throughput, goodput, latency of OK answers, statuses with their answer times, lateness.
@@ -135,39 +147,61 @@ pub fn summarize(records: &Records, window: &Window) -> Map<String, Value> {
     let measured: Vec<usize> = (0..records.len())
         .filter(|i| (start..end).contains(&records.scheduled[*i]))
         .collect();
-    let latency = |i: usize| ms(records.ended[i].saturating_sub(records.sent[i]));
-    let ok: Vec<f64> = sorted_ms(
-        measured
-            .iter()
-            .filter(|i| records.codes[**i] == OK)
-            .map(|i| latency(*i))
-            .collect(),
-    );
-    let good = ok.iter().filter(|l| **l <= window.slo_ms).count();
-    let requests = measured.len();
+    let mixed = !window.mix.is_empty() && records.classes.len() == records.len();
+    let class_of = |i: usize| {
+        if mixed {
+            records.classes[i] as usize
+        } else {
+            0
+        }
+    };
+    let slo_of = |i: usize| {
+        if mixed {
+            window.mix[class_of(i)].0
+        } else {
+            window.slo_ms
+        }
+    };
     let per_s = |count: usize| ((count as f64 / duration) * 100.0).round() / 100.0;
     let mut out = Map::new();
     out.insert("duration_s".into(), json!(round4(duration)));
-    out.insert("requests".into(), json!(requests));
     out.insert("sent".into(), json!(sent_in_window));
-    out.insert("ok".into(), json!(ok.len()));
     out.insert("send_rate".into(), json!(per_s(sent_in_window)));
-    out.insert("throughput".into(), json!(per_s(ok.len())));
-    out.insert("goodput".into(), json!(per_s(good)));
-    out.insert(
-        "rows_per_s".into(),
-        json!(per_s(ok.len() * window.rows as usize)),
-    );
-    let attainment = good as f64 / requests.max(1) as f64;
-    out.insert(
-        "slo_attainment".into(),
-        json!((attainment * 1e5).round() / 1e5),
-    );
-    out.insert("latency_ms".into(), percentiles_ms(&ok));
-    out.insert("latency_cdf_ms".into(), json!(cdf_ms(&ok)));
-    let (errors, counts) = by_status(records, &measured);
-    out.insert("errors".into(), Value::Object(errors));
-    out.insert("status_counts".into(), Value::Object(counts));
+    out.extend(figures(
+        records,
+        &measured,
+        &slo_of,
+        duration,
+        window.rows,
+        true,
+    ));
+    if mixed {
+        let classes: Vec<Value> = window
+            .mix
+            .iter()
+            .enumerate()
+            .map(|(index, (deadline_ms, share))| {
+                let mine: Vec<usize> = measured
+                    .iter()
+                    .copied()
+                    .filter(|i| class_of(*i) == index)
+                    .collect();
+                let mut class = Map::new();
+                class.insert("deadline_ms".into(), json!(deadline_ms));
+                class.insert("share".into(), json!(share));
+                class.extend(figures(
+                    records,
+                    &mine,
+                    &slo_of,
+                    duration,
+                    window.rows,
+                    false,
+                ));
+                Value::Object(class)
+            })
+            .collect();
+        out.insert("classes".into(), Value::Array(classes));
+    }
     if window.open_loop {
         let late = sorted_ms(
             measured
@@ -177,6 +211,57 @@ pub fn summarize(records: &Records, window: &Window) -> Map<String, Value> {
         );
         out.insert("lateness_ms".into(), lateness(&late));
     }
+    out
+}
+
+/// Counts, goodput (each request within its own `slo_of` deadline), attainment of all and of
+/// the admitted, latency of the OK answers and statuses, over the requests `measured`.
+fn figures(
+    records: &Records,
+    measured: &[usize],
+    slo_of: &dyn Fn(usize) -> f64,
+    duration: f64,
+    rows: u32,
+    cdf: bool,
+) -> Map<String, Value> {
+    let latency = |i: usize| ms(records.ended[i].saturating_sub(records.sent[i]));
+    let answered: Vec<usize> = measured
+        .iter()
+        .copied()
+        .filter(|i| records.codes[*i] == OK)
+        .collect();
+    let good = answered
+        .iter()
+        .filter(|i| latency(**i) <= slo_of(**i))
+        .count();
+    let ok = sorted_ms(answered.iter().map(|i| latency(*i)).collect());
+    let requests = measured.len();
+    let refused = measured
+        .iter()
+        .filter(|i| records.codes[**i] == RESOURCE_EXHAUSTED)
+        .count();
+    let admitted = requests - refused;
+    let per_s = |count: usize| ((count as f64 / duration) * 100.0).round() / 100.0;
+    let share = |part: usize, whole: usize| ((part as f64 / whole as f64) * 1e5).round() / 1e5;
+    let mut out = Map::new();
+    out.insert("requests".into(), json!(requests));
+    out.insert("ok".into(), json!(ok.len()));
+    out.insert("throughput".into(), json!(per_s(ok.len())));
+    out.insert("goodput".into(), json!(per_s(good)));
+    out.insert("rows_per_s".into(), json!(per_s(ok.len() * rows as usize)));
+    out.insert("slo_attainment".into(), json!(share(good, requests.max(1))));
+    out.insert("admitted".into(), json!(admitted));
+    out.insert(
+        "admitted_attainment".into(),
+        json!((admitted > 0).then(|| share(good, admitted))),
+    );
+    out.insert("latency_ms".into(), percentiles_ms(&ok));
+    if cdf {
+        out.insert("latency_cdf_ms".into(), json!(cdf_ms(&ok)));
+    }
+    let (errors, counts) = by_status(records, measured);
+    out.insert("errors".into(), Value::Object(errors));
+    out.insert("status_counts".into(), Value::Object(counts));
     out
 }
 
@@ -287,6 +372,7 @@ mod tests {
             slo_ms: 10.0,
             rows: 3,
             open_loop: true,
+            mix: Vec::new(),
         };
         let out = summarize(&r, &w);
         assert_eq!(out["requests"], 4);
@@ -302,6 +388,28 @@ mod tests {
         assert_eq!(out["errors"]["UNFINISHED"]["p50_ms"], Value::Null);
         assert_eq!(out["status_counts"]["OK"], 2);
         assert_eq!(out["lateness_ms"]["max"], 0.1);
+        assert_eq!(out["admitted"], 4); // no RESOURCE_EXHAUSTED here
+        assert_eq!(out["admitted_attainment"], 0.25);
+        assert!(!out.contains_key("classes"));
+        // the same records as a mix: 10 ms and 30 ms classes
+        r.classes = vec![0, 1, 1, 0, 0, 0];
+        r.codes[3] = 8; // now refused at admission
+        let mixed = summarize(
+            &r,
+            &Window {
+                mix: vec![(10.0, 0.5), (30.0, 0.5)],
+                ..w.clone()
+            },
+        );
+        assert_eq!(mixed["goodput"], 2.0); // the 20 ms answer makes its 30 ms deadline
+        assert_eq!(mixed["admitted"], 3);
+        let classes = mixed["classes"].as_array().unwrap();
+        assert_eq!(classes[0]["requests"], 2);
+        assert_eq!(classes[0]["admitted"], 1);
+        assert_eq!(classes[0]["goodput"], 0.0);
+        assert_eq!(classes[1]["requests"], 2);
+        assert_eq!(classes[1]["goodput"], 2.0);
+        assert_eq!(classes[1]["slo_attainment"], 1.0);
         assert!(!kept_up(&out, 4.0, 10.0) || out["send_rate"].as_f64().unwrap() >= 3.88);
         let closed = summarize(
             &r,

@@ -96,6 +96,34 @@ def test_bursty_arrivals_run(floor: str) -> None:
     assert result["points"][0]["ok"] > 0
 
 
+def test_gamma_arrivals_with_a_deadline_mix_give_each_class_its_deadline(floor: str) -> None:
+    """Answers take 20 ms: the 5 ms class is cut at its deadline, the 1 s class answered."""
+    from kairos.client.bench.schedule import parse_deadline_mix
+
+    cfg = _config(floor, rates=[200.0], arrival="gamma", cv=4.0, parameters={"delay_ms": 20.0},
+                  deadline_mix=parse_deadline_mix("5:0.5,1000:0.5"))
+    (point,) = run(cfg, loop="asyncio")["points"]
+    assert point["arrival"] == "gamma" and point["cv"] == 4.0 and point["deadline_mix"] == "5:0.5,1000:0.5"
+    tight, loose = point["classes"]
+    assert tight["requests"] > 0 and loose["requests"] > 0
+    assert tight["requests"] + loose["requests"] == point["requests"]
+    assert tight["ok"] == 0 and tight["errors"]["DEADLINE_EXCEEDED"]["count"] == tight["requests"]
+    assert tight["errors"]["DEADLINE_EXCEEDED"]["p50_ms"] < 15.0
+    assert loose["ok"] == loose["requests"] and loose["goodput"] == point["goodput"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rate", "10", "--arrival", "gamma"], "--cv"),
+    (["--rate", "10", "--cv", "4"], "--arrival gamma"),
+    (["-c", "1", "--deadline-mix", "5:1"], "open loop"),
+    (["--rate", "10", "--deadline-mix", "5:1", "--deadline-ms", "3"], "--deadline-ms"),
+    (["--rate", "10", "--arrival", "gamma", "--cv", "4", "--burst", "batch:2"], "--burst"),
+])
+def test_arrival_and_mix_flags_are_checked(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        bench_cli.main(["--url", "127.0.0.1:1", "-m", "m", *argv])
+
+
 def test_cli_writes_json_and_a_plot(floor: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     plot = tmp_path / "bench.png"
     code = bench_cli.main([

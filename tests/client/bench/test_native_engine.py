@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kairos.client.bench import BenchConfig, native, run
+from kairos.client.bench import BenchConfig, native
 from kairos.client.bench import cli as bench_cli
 from kairos_testing.dependencies import missing
 from kairos_testing.server import ServerProcess, running_server
@@ -145,8 +145,8 @@ def test_the_native_engine_missing_is_one_clear_line(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(native.NativeEngineError, match="pip install"):
         native.find_loadgen()
-    with pytest.raises(ValueError, match="needs --engine native"):
-        run(BenchConfig(url="127.0.0.1:1", model="m", rates=[1.0], arrival="constant"))
+    with pytest.raises(SystemExit, match="need --engine native"):
+        bench_cli.main(["-m", "mlp256", "--rate", "10", "--connections", "2"])
 
 
 def test_python_engine_options_map_onto_the_program() -> None:
@@ -159,3 +159,29 @@ def test_python_engine_options_map_onto_the_program() -> None:
     assert pairs["--connections"] == "3" and pairs["--workers"] == "2" and pairs["--arrival"] == "constant"
     assert pairs["--model-version"] == "2" and pairs["--server-pid"] == "7" and pairs["--rows"] == "4"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--param"] == ["priority=1", "fast=true", "tag=a b"]
+
+
+def test_gamma_arrivals_and_a_deadline_mix_reach_the_program() -> None:
+    from kairos.client.bench.schedule import parse_deadline_mix
+
+    cfg = BenchConfig(url="h:1", model="m", rates=[50.0], arrival="gamma", cv=4.0,
+                      deadline_mix=parse_deadline_mix("5:1,50:1"))
+    argv = native.point_arguments(cfg, rate=50.0, concurrency=None)
+    pairs = dict(zip(argv[::2], argv[1::2], strict=True))
+    assert pairs["--arrival"] == "gamma" and pairs["--cv"] == "4.0"
+    assert pairs["--deadline-mix"] == "5:0.5,50:0.5"
+
+
+def test_the_program_sends_gamma_arrivals_with_a_deadline_mix(loadgen: Path, server: ServerProcess) -> None:
+    """Each class travels with its own deadline: 1 us cannot be met, 1 s always is."""
+    point = _point(loadgen, server, "--rate", "300", "--arrival", "gamma", "--cv", "4",
+                   "--deadline-mix", "0.001:0.5,1000:0.5")
+    assert point["arrival"] == "gamma" and point["cv"] == 4.0 and point["deadline_mix"] == "0.001:0.5,1000:0.5"
+    _counts_add_up(point)
+    tight, loose = point["classes"]
+    assert (tight["deadline_ms"], loose["deadline_ms"]) == (0.001, 1000.0)
+    assert tight["requests"] > 0 and loose["requests"] > 0
+    assert tight["requests"] + loose["requests"] == point["requests"]
+    assert tight["ok"] == 0 and tight["errors"]["DEADLINE_EXCEEDED"]["count"] == tight["requests"]
+    assert loose["ok"] == loose["requests"] and loose["slo_attainment"] == 1.0
+    assert point["goodput"] == loose["goodput"]
