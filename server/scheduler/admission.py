@@ -29,6 +29,18 @@ BUDGET_EVERY = 16
 # An idle server admits one request it predicts too slow per this many seconds,
 # to relearn L(1) (see Admission._probe).
 PROBE_INTERVAL_S = 0.05
+# Admission learns from its own misses. L(b) is the model's compute alone; work it
+# cannot see (the front end and the event loop sharing the model's core, costs that
+# grow with the queue) makes admitted requests finish later than predicted. Over each
+# window of MISS_WINDOW admitted online outcomes, when more than MISS_TARGET of them
+# missed (answered late or expired), admission stretches its predicted waits (by up
+# to STRETCH_STEP per window, more for more misses; at most STRETCH_MAX); a window
+# without a miss shrinks the stretch by STRETCH_RELAX, down to 1 (L(b) as learned).
+MISS_WINDOW = 200
+MISS_TARGET = 0.005
+STRETCH_STEP = 0.5
+STRETCH_RELAX = 0.95
+STRETCH_MAX = 16.0
 
 
 class Admission:
@@ -58,6 +70,8 @@ class Admission:
             else:
                 ahead = self._rows_ahead(BATCH, request.priority)
             finish = self._admission_finish(now, ahead, rows, deadline, lane)
+            if online:
+                finish = now + (finish - now) * self.stretch
             probe = finish > deadline and self._probe(now, deadline)
             if finish > deadline and not probe:
                 self.counts.refused_deadline += 1
@@ -111,6 +125,23 @@ class Admission:
             self.online_budget = min(recent)
         elif self._budget_seen % BUDGET_EVERY == 0:
             self.online_budget = sorted(recent)[int(len(recent) * BUDGET_QUANTILE)]
+
+    def _learn_outcome(self, missed: bool) -> None:
+        """One admitted online request finished (in time or not) or expired: adjust
+        the stretch of predicted waits once per window (see MISS_WINDOW)."""
+        if not self.miss_feedback:
+            return
+        self._window_outcomes += 1
+        self._window_misses += missed
+        if self._window_outcomes < MISS_WINDOW:
+            return
+        rate = self._window_misses / self._window_outcomes
+        self._window_outcomes = self._window_misses = 0
+        if rate > MISS_TARGET:
+            step = min(STRETCH_STEP, STRETCH_STEP * rate / (10 * MISS_TARGET))
+            self.stretch = min(STRETCH_MAX, self.stretch * (1.0 + step))
+        elif rate == 0.0 and self.stretch > 1.0:
+            self.stretch = max(1.0, self.stretch * STRETCH_RELAX)
 
     def _executor_wait(self, now: float) -> float:
         if not self.running or (self.free > 0 and self._parallel()):
@@ -166,4 +197,5 @@ class Admission:
             tier = len(self.variants.variants) - 1
             shape_key = (shape_key, tier)
             self.latency = self.variants.admission_latency(tier, min(rows, self.cap))
-        return self._admission_finish(now, ahead, rows, _INF, self.lanes.get(shape_key))
+        finish = self._admission_finish(now, ahead, rows, _INF, self.lanes.get(shape_key))
+        return now + (finish - now) * self.stretch if online else finish

@@ -74,6 +74,7 @@ class SchedulerCore(QueueBook, Admission, BatchForming, Holding, Executors, Back
         max_queue_delay_s: float = 0.001,
         preferred_batch_sizes: Iterable[int] = (),
         early_refusal: bool | None = None,
+        miss_feedback: bool = True,
         background_batch: bool = False,
         background_pieces: int = 1,
         busy_hold_s: float = 0.0,
@@ -125,6 +126,10 @@ class SchedulerCore(QueueBook, Admission, BatchForming, Holding, Executors, Back
         self._op: tuple[int, int] = (self.cap, self.cap)
         self._op_table: list[float] | None = None
         self._op_budget = _INF
+        self.stretch = 1.0  # factor on predicted waits at admission, learned from misses
+        self.miss_feedback = miss_feedback  # off: L(b) alone predicts (see admission.py)
+        self._window_outcomes = 0
+        self._window_misses = 0
 
     def next_batch(self, now: float) -> Batch | None:
         """The batch to run on a free executor now, or None (nothing or not yet).
@@ -222,6 +227,8 @@ class SchedulerCore(QueueBook, Admission, BatchForming, Holding, Executors, Back
                 ticket.state = DONE
                 self.counts.completed += 1
                 complete.append(ticket)
+                if ticket.rank == ONLINE and not ticket.probe:
+                    self._learn_outcome(now > ticket.deadline)
         return complete
 
     def fail(self, batch: Batch, now: float) -> list[Ticket]:
@@ -273,6 +280,8 @@ class SchedulerCore(QueueBook, Admission, BatchForming, Holding, Executors, Back
             # tightest recent online deadline budget: caps batch-class pieces
             "online_budget_ms": None if self.online_budget == _INF else self.online_budget * 1e3,
             "outliers_clamped": self.latency.clamped,
+            # > 1 when admitted requests missed although L(b) said they would make it
+            "admission_stretch": round(self.stretch, 3),
             "queue": {"requests": self.queued_requests, "rows": self.queued_rows},
             "counts": {
                 "admitted": counts.admitted,

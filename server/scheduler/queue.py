@@ -278,6 +278,8 @@ class QueueBook:
         return None
 
     def _expire(self, ticket: Ticket) -> None:
+        if ticket.rank == ONLINE and not ticket.probe:
+            self._learn_outcome(True)
         self._unqueue(ticket)
         ticket.state = EXPIRED
         self.counts.expired += 1

@@ -299,6 +299,8 @@ def simulate(
     duration: float | None = None,
     variants: Sequence[tuple[str, float, ServiceTime]] | None = None,
     accuracy_budget: float = 1.0,
+    host_overhead_s: float = 0.0,
+    miss_feedback: bool = True,
 ) -> SimResult:
     """Run the trace through a fresh core; see module docstring.
 
@@ -308,6 +310,10 @@ def simulate(
     the rest of each run it joins.
     variants: a model group, (name, accuracy against the reference, L_true) each,
     the reference first (`service` is then ignored); accuracy_budget: the group's.
+    host_overhead_s: per request, work that holds the executor after each execution
+    but that L(b) never sees (the server's front end and event loop on the model's
+    core): an execution of b rows frees its executor after L_true(b) + b x this, and
+    reports L_true(b) as its compute time.
     """
     rng = np.random.default_rng(seed)
     service = service or DEFAULT_SERVICE
@@ -343,9 +349,10 @@ def simulate(
         max_queue_delay_s=max_queue_delay_s,
         preferred_batch_sizes=preferred_batch_sizes,
         early_refusal=early_refusal,
+        miss_feedback=miss_feedback,
         variants=chooser,
     )
-    sim = _Simulation(trace, core, actual, concurrency_slowdown)
+    sim = _Simulation(trace, core, actual, concurrency_slowdown, host_overhead_s)
     sim.run()
     end = duration if duration is not None else (trace[-1].t if trace else 0.0)
     return SimResult(sim.outcomes, sim.records, max(end, 1e-9), core)
@@ -353,9 +360,11 @@ def simulate(
 
 class _Simulation:
     def __init__(
-        self, trace: Sequence[SimRequest], core: SchedulerCore, actual: Callable, slowdown: float
+        self, trace: Sequence[SimRequest], core: SchedulerCore, actual: Callable, slowdown: float,
+        host_overhead: float = 0.0,
     ):
         self.trace = trace
+        self.host_overhead = host_overhead
         self.core = core
         self.actual = actual
         self.slowdown = slowdown
@@ -439,7 +448,7 @@ class _Simulation:
                 break
             if batch.concurrent:
                 self.slow_down_running(now)
-            end = now + self.actual(batch.rows, batch.concurrent, batch.variant)
+            end = now + self.actual(batch.rows, batch.concurrent, batch.variant) + batch.rows * self.host_overhead
             self.running[id(batch)] = [end, 0, batch.concurrent]
             self.batches[id(batch)] = batch
             self.push(end, _DONE, (batch, 0))
@@ -465,7 +474,7 @@ class _Simulation:
             return  # superseded: the run was slowed down by a later one
         del self.running[id(batch)]
         del self.batches[id(batch)]
-        took = now - batch.start
+        took = now - batch.start - batch.rows * self.host_overhead  # what the runner measures
         self.records.append(
             BatchRecord(
                 batch.start,
