@@ -332,8 +332,9 @@ def expired(point: dict[str, Any]) -> int:
 
 def section(data: dict[str, Any]) -> str:
     real, simd = data.get("real"), data.get("simulator")
+    command = data.get("command", "bench/scheduling_bursty_mixed.py --write")
     lines = [BEGIN, f"Measured {data.get('finished_at', '?')} by:", "",
-             f"    {data.get('command', 'flock /tmp/kairos-bench.lock .venv/bin/python bench/scheduling_bursty_mixed.py --write')}",
+             f"    flock /tmp/kairos-bench.lock .venv/bin/python {command}",
              "", "Setting: `kairos serve` (native front end) pinned to core 0 serving `mlp256` (FP32 [1,256] -> 1024 -> "
              "1024 -> 10) under three names differing only in `scheduling.policy` (slo; fixed, max_queue_delay 1 ms; "
              "none), max batch 64; the native generator (`kairos bench --engine native`) on core 1; 1-row requests; each "
