@@ -33,9 +33,10 @@ PROBE_INTERVAL_S = 0.05
 # cannot see (the front end and the event loop sharing the model's core, costs that
 # grow with the queue) makes admitted requests finish later than predicted. Over each
 # window of MISS_WINDOW admitted online outcomes, when more than MISS_TARGET of them
-# missed (answered late or expired), admission stretches its predicted waits (by up
-# to STRETCH_STEP per window, more for more misses; at most STRETCH_MAX); a window
-# without a miss shrinks the stretch by STRETCH_RELAX, down to 1 (L(b) as learned).
+# missed (answered late or expired), admission stretches its predicted waits before
+# a request's own run (by up to STRETCH_STEP per window, more for more misses; at most
+# STRETCH_MAX); a window without a miss shrinks the stretch by STRETCH_RELAX, down to
+# 1 (L(b) as learned).
 MISS_WINDOW = 200
 MISS_TARGET = 0.005
 STRETCH_STEP = 0.5
@@ -71,7 +72,7 @@ class Admission:
                 ahead = self._rows_ahead(BATCH, request.priority)
             finish = self._admission_finish(now, ahead, rows, deadline, lane)
             if online:
-                finish = now + (finish - now) * self.stretch
+                finish = self._stretched(now, finish, rows)
             probe = finish > deadline and self._probe(now, deadline)
             if finish > deadline and not probe:
                 self.counts.refused_deadline += 1
@@ -125,6 +126,15 @@ class Admission:
             self.online_budget = min(recent)
         elif self._budget_seen % BUDGET_EVERY == 0:
             self.online_budget = sorted(recent)[int(len(recent) * BUDGET_QUANTILE)]
+
+    def _stretched(self, now: float, finish: float, rows: int) -> float:
+        """The predicted finish with the wait before the request's own run stretched.
+        Its own run (L(rows)) is not: an idle server admits whatever L(b) says fits, so
+        outcomes keep coming and a stretch left from a busy spell relaxes again."""
+        if self.stretch == 1.0:
+            return finish
+        alone = now + self.latency.predict(min(rows, self.cap))
+        return finish if finish <= alone else alone + (finish - alone) * self.stretch
 
     def _learn_outcome(self, missed: bool) -> None:
         """One admitted online request finished (in time or not) or expired: adjust
@@ -198,4 +208,4 @@ class Admission:
             shape_key = (shape_key, tier)
             self.latency = self.variants.admission_latency(tier, min(rows, self.cap))
         finish = self._admission_finish(now, ahead, rows, _INF, self.lanes.get(shape_key))
-        return now + (finish - now) * self.stretch if online else finish
+        return self._stretched(now, finish, rows) if online else finish

@@ -70,8 +70,8 @@ def test_a_stretched_admission_refuses_what_plain_l_of_b_would_admit(req, clock)
     for _ in range(6):  # 6 rows queued: a new one joins them, L(7) = 1.7 ms
         core.admit(req(slo=0.004), clock.now())
     assert core.predicted_finish(1, clock.now()) - clock.now() < 0.002
-    core.stretch = 3.0
-    assert core.predicted_finish(1, clock.now()) - clock.now() > 0.005
+    core.stretch = 6.0  # L(1) + (L(7) - L(1)) x 6 = 4.7 ms
+    assert core.predicted_finish(1, clock.now()) - clock.now() > 0.0045
     with pytest.raises(Refused, match="cannot meet deadline"):
         core.admit(req(slo=0.004), clock.now())
     core.stretch = 1.0
@@ -83,3 +83,12 @@ def test_feedback_off_keeps_the_stretch_at_one():
     for _ in range(3 * MISS_WINDOW):
         core._learn_outcome(True)
     assert core.stretch == 1.0
+
+
+def test_an_idle_server_admits_what_fits_alone_whatever_the_stretch(req, clock):
+    """The stretch covers the wait for others, not a request's own run: with it at its
+    largest an idle server still admits (outcomes keep coming, and it relaxes)."""
+    core = make_core(max_batch=8)
+    core.stretch = STRETCH_MAX
+    core.admit(req(slo=0.0012), clock.now())  # L(1) = 1.1 ms
+    assert core.predicted_finish(1, clock.now()) - clock.now() > 0.0012 * 2
