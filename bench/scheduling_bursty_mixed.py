@@ -330,6 +330,22 @@ def expired(point: dict[str, Any]) -> int:
     return point["errors"].get("DEADLINE_EXCEEDED", {}).get("count", 0)
 
 
+# The figures every results table shows, each as key(point) -> value.
+FIGURES = {
+    "goodput": lambda x: x["goodput"],
+    "admitted": lambda x: x["admitted_attainment"],
+    "attainment": lambda x: x["slo_attainment"],
+    "refused": refused,
+    "expired": expired,
+    "p99": lambda x: x["latency_ms"]["p99"],
+}
+
+
+def mids(points: list[dict[str, Any]]) -> dict[str, tuple[float | None, str]]:
+    """`mid` of every figure in FIGURES."""
+    return {name: mid(points, key) for name, key in FIGURES.items()}
+
+
 def section(data: dict[str, Any]) -> str:
     real, simd = data.get("real"), data.get("simulator")
     command = data.get("command", "bench/scheduling_bursty_mixed.py --write")
@@ -372,12 +388,9 @@ def real_lines(real: dict[str, Any]) -> list[str]:
             "attainment |", "|---|---|---|---|---|---|---|---|---|"]
     for policy in POLICIES:
         p = pts[policy]
-        g, gs = mid(p, lambda x: x["goodput"])
-        a, as_ = mid(p, lambda x: x["admitted_attainment"])
-        t, ts = mid(p, lambda x: x["slo_attainment"])
-        r, rs = mid(p, refused)
-        e, es = mid(p, expired)
-        q, qs = mid(p, lambda x: x["latency_ms"]["p99"])
+        f = mids(p)
+        (g, gs), (a, as_), (t, ts) = f["goodput"], f["admitted"], f["attainment"]
+        (r, rs), (e, es), (q, qs) = f["refused"], f["expired"], f["p99"]
         lt, _ = mid(p, lambda x: x.get("lateness_ms", {}).get("p99"))
         sv, _ = mid(p, server_attainment)
         out.append(f"| {policy} | {g:.0f} ({gs}) | {pct(a)} ({as_}) | {pct(t)} | {r:g} ({rs}) | {e:g} ({es}) | "
@@ -399,21 +412,16 @@ def real_lines(real: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|"]
     for policy in POLICIES:
         for deadline in (TIGHT_MS, LOOSE_MS):
-            p = [klass(x, deadline) for x in pts[policy]]
-            g, gs = mid(p, lambda x: x["goodput"])
-            t, ts = mid(p, lambda x: x["slo_attainment"])
-            a, _ = mid(p, lambda x: x["admitted_attainment"])
-            r, _ = mid(p, refused)
-            e, _ = mid(p, expired)
-            q, _ = mid(p, lambda x: x["latency_ms"]["p99"])
+            f = mids([klass(x, deadline) for x in pts[policy]])
+            (g, gs), (t, ts) = f["goodput"], f["attainment"]
+            a, r, e, q = (f[k][0] for k in ("admitted", "refused", "expired", "p99"))
             sv = pct(mid(pts[policy], server_attainment)[0]) if deadline == TIGHT_MS else ""
             out.append(f"| {policy} | {deadline:g} ms | {g:.0f} ({gs}) | {pct(t)} ({ts}) | {pct(a)} | {r:g} | {e:g} | "
                        f"{q} | {sv} |")
-    g, gs = mid(alone, lambda x: x["goodput"])
-    t, ts = mid(alone, lambda x: x["slo_attainment"])
+    f = mids(alone)
+    (g, gs), (t, ts) = f["goodput"], f["attainment"]
     out.append(f"| slo, 50 ms alone | 50 ms | {g:.0f} ({gs}) | {pct(t)} ({ts}) | "
-               f"{pct(mid(alone, lambda x: x['admitted_attainment'])[0])} | {mid(alone, refused)[0]:g} | "
-               f"{mid(alone, expired)[0]:g} | {mid(alone, lambda x: x['latency_ms']['p99'])[0]} | "
+               f"{pct(f['admitted'][0])} | {f['refused'][0]:g} | {f['expired'][0]:g} | {f['p99'][0]} | "
                f"{pct(mid(alone, server_attainment)[0])} |")
     tight = mid([klass(x, TIGHT_MS) for x in pts["slo"]], lambda x: x["slo_attainment"])[0]
     loose = mid([klass(x, LOOSE_MS) for x in pts["slo"]], lambda x: x["goodput"])[0]
