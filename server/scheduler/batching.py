@@ -93,14 +93,11 @@ class BatchForming:
         budget /= scale
         items: list = []
         rows = 0
-        while heap and rows < cap:
-            entry = heap[0]
-            ticket = entry[4]
-            if not self._pending(ticket):
-                heapq.heappop(heap)
-                continue
-            if entry[0] != rank:
+        while rows < cap:
+            entry = self._pending_head(heap, rank)
+            if entry is None:
                 break
+            ticket = entry[4]
             slack = entry[2] - now
             remaining = ticket.rows - ticket.taken
             if items and self.predictive and table[min(remaining, cap)] > slack:

@@ -291,14 +291,11 @@ class QueueBook:
         items: list = []
         rows = 0
         rank = heap[0][0]
-        while heap and rows < max_rows and len(items) < max_requests:
-            entry = heap[0]
-            ticket = entry[4]
-            if not self._pending(ticket):
-                heapq.heappop(heap)
-                continue
-            if entry[0] != rank:
+        while rows < max_rows and len(items) < max_requests:
+            entry = self._pending_head(heap, rank)
+            if entry is None:
                 break
+            ticket = entry[4]
             remaining = ticket.rows - ticket.taken
             take = min(remaining, max_rows - rows)
             if take < remaining and not ticket.splittable:
@@ -308,6 +305,16 @@ class QueueBook:
             if ticket.taken < ticket.rows:
                 break
         return items, rows
+
+    def _pending_head(self, heap: list, rank: int) -> tuple | None:
+        """The heap's top entry once finished and cancelled ones are dropped, or None
+        when the heap is empty or its top is of another class than `rank`."""
+        while heap:
+            entry = heap[0]
+            if self._pending(entry[4]):
+                return entry if entry[0] == rank else None
+            heapq.heappop(heap)
+        return None
 
     @staticmethod
     def _pending(ticket: Ticket) -> bool:
